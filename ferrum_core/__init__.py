@@ -1,0 +1,47 @@
+"""Ferrum: a plugin framework for LLM inference executors.
+
+``import ferrum_core`` stays light: the engine (``LLM``, ``SamplingParams``...)
+is imported on first use, so ``ferrum list-backends`` never pays for it.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from ferrum_core.errors import FerrumError
+from ferrum_core.version import __version__
+
+if TYPE_CHECKING:
+    from ferrum_core.engine import (
+        LLM,
+        CompletionOutput,
+        LoRARequest,
+        RequestOutput,
+        SamplingParams,
+    )
+
+__all__ = [
+    "LLM",
+    "CompletionOutput",
+    "FerrumError",
+    "LoRARequest",
+    "RequestOutput",
+    "SamplingParams",
+    "__version__",
+]
+
+_LAZY = {
+    "LLM": "ferrum_core.engine",
+    "SamplingParams": "ferrum_core.engine",
+    "RequestOutput": "ferrum_core.engine",
+    "CompletionOutput": "ferrum_core.engine",
+    "LoRARequest": "ferrum_core.engine",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ferrum_core' has no attribute {name!r}")
+    return getattr(import_module(module), name)
