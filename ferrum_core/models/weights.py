@@ -1,0 +1,195 @@
+"""Model weights from ``*.safetensors`` (single file or sharded), never pickles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from ferrum_core.errors import ModelLoadError
+from ferrum_core.models.config import ModelConfig
+from ferrum_core.models.safetensors_io import SafetensorsFile
+
+__all__ = ["INDEX_FILE", "WeightSource", "expected_tensors"]
+
+INDEX_FILE = "model.safetensors.index.json"
+_PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+_FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+
+
+def expected_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a checkpoint of ``config`` must hold, with its shape (HF names)."""
+    hidden, inter, head_dim = config.hidden_size, config.intermediate_size, config.head_dim
+    q_rows = config.num_attention_heads * head_dim
+    kv_rows = config.num_key_value_heads * head_dim
+    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (config.vocab_size, hidden)}
+    for i in range(config.num_hidden_layers):
+        attn, mlp = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
+        out[f"model.layers.{i}.input_layernorm.weight"] = (hidden,)
+        out[f"{attn}.q_proj.weight"] = (q_rows, hidden)
+        out[f"{attn}.k_proj.weight"] = (kv_rows, hidden)
+        out[f"{attn}.v_proj.weight"] = (kv_rows, hidden)
+        out[f"{attn}.o_proj.weight"] = (hidden, q_rows)
+        if config.qkv_bias:
+            out[f"{attn}.q_proj.bias"] = (q_rows,)
+            out[f"{attn}.k_proj.bias"] = (kv_rows,)
+            out[f"{attn}.v_proj.bias"] = (kv_rows,)
+        if config.o_bias:
+            out[f"{attn}.o_proj.bias"] = (hidden,)
+        if config.qk_norm:
+            out[f"{attn}.q_norm.weight"] = (head_dim,)
+            out[f"{attn}.k_norm.weight"] = (head_dim,)
+        out[f"model.layers.{i}.post_attention_layernorm.weight"] = (hidden,)
+        out[f"{mlp}.gate_proj.weight"] = (inter, hidden)
+        out[f"{mlp}.up_proj.weight"] = (inter, hidden)
+        out[f"{mlp}.down_proj.weight"] = (hidden, inter)
+        if config.mlp_bias:
+            out[f"{mlp}.gate_proj.bias"] = (inter,)
+            out[f"{mlp}.up_proj.bias"] = (inter,)
+            out[f"{mlp}.down_proj.bias"] = (hidden,)
+    out["model.norm.weight"] = (hidden,)
+    if not config.tie_word_embeddings:
+        out["lm_head.weight"] = (config.vocab_size, hidden)
+    return out
+
+
+def _pickle_error(directory: Path) -> ModelLoadError | None:
+    pickles = sorted({p.name for pat in _PICKLE_PATTERNS for p in directory.glob(pat)})
+    if not pickles:
+        return None
+    return ModelLoadError(
+        f"{directory}: only pickle weights ({', '.join(pickles)}) and no *.safetensors; "
+        "Ferrum never loads pickles. Re-save the model with safetensors "
+        "(transformers: model.save_pretrained(dir, safe_serialization=True))"
+    )
+
+
+class WeightSource:
+    """Named tensors (Hugging Face names) over memory-mapped safetensors files."""
+
+    def __init__(self, files: list[SafetensorsFile], origin: Path) -> None:
+        self.origin = origin  # the directory, index or file the names came from
+        self._files = files
+        self._where: dict[str, SafetensorsFile] = {}
+        for file in files:
+            for name in file.entries:
+                if name in self._where:
+                    raise ModelLoadError(
+                        f"tensor {name!r} appears in both {self._where[name].path} and {file.path}"
+                    )
+                self._where[name] = file
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> WeightSource:
+        directory = Path(path)
+        if not directory.is_dir():
+            raise ModelLoadError(f"{directory}: not a model directory")
+        index = directory / INDEX_FILE
+        if index.is_file():
+            return cls._from_index(index)
+        single = directory / "model.safetensors"
+        files = [single] if single.is_file() else sorted(directory.glob("*.safetensors"))
+        if not files:
+            raise _pickle_error(directory) or ModelLoadError(
+                f"{directory}: no *.safetensors weights found"
+            )
+        return cls(_open_all(files), single if single.is_file() else directory)
+
+    @classmethod
+    def _from_index(cls, index: Path) -> WeightSource:
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            pairs = [(str(k), str(v)) for k, v in weight_map.items()]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelLoadError(f"{index}: unreadable shard index ({exc})") from None
+        shard_names = sorted({shard for _, shard in pairs})
+        for shard in shard_names:
+            if not (index.parent / shard).is_file():
+                tensor = next(name for name, s in pairs if s == shard)
+                raise ModelLoadError(
+                    f"{index}: shard {shard} (holding tensor {tensor!r}) is missing"
+                )
+        files = _open_all([index.parent / shard for shard in shard_names])
+        by_name = {f.path.name: f for f in files}
+        for name, shard in pairs:
+            if name not in by_name[shard].entries:
+                raise ModelLoadError(
+                    f"{by_name[shard].path}: missing tensor {name!r} (per {index.name})"
+                )
+        return cls(files, index)
+
+    def names(self) -> list[str]:
+        return sorted(self._where)
+
+    def has(self, name: str) -> bool:
+        return name in self._where
+
+    def _file(self, name: str) -> SafetensorsFile:
+        file = self._where.get(name)
+        if file is None:
+            raise ModelLoadError(f"{self.origin}: missing tensor {name!r}")
+        return file
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._file(name).entries[name].shape
+
+    def dtype(self, name: str) -> str:
+        """Stored dtype in safetensors spelling (``F32``, ``F16``, ``BF16``...)."""
+        return self._file(name).entries[name].dtype
+
+    def file_of(self, name: str) -> Path:
+        return self._file(name).path
+
+    def get(self, name: str) -> np.ndarray:
+        """float32/float16 as stored (read-only, memory-mapped), bf16 upcast to float32."""
+        return self._file(name).get(name)
+
+    def validate(self, config: ModelConfig) -> None:
+        """Every tensor ``config`` needs is present with the right shape and a float dtype."""
+        expected = expected_tensors(config)
+        if config.tie_word_embeddings and self.has("lm_head.weight"):
+            expected["lm_head.weight"] = (config.vocab_size, config.hidden_size)
+        for name, shape in expected.items():
+            got = self.shape(name)
+            if got != shape:
+                raise ModelLoadError(
+                    f"{self.file_of(name)}: tensor {name!r} has shape {list(got)}, "
+                    f"the config needs {list(shape)}"
+                )
+            if self.dtype(name) not in _FLOAT_DTYPES:
+                raise ModelLoadError(
+                    f"{self.file_of(name)}: tensor {name!r} has dtype {self.dtype(name)}, "
+                    "expected a float type"
+                )
+
+    def close(self) -> None:
+        for file in self._files:
+            file.close()
+
+    def __enter__(self) -> WeightSource:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"WeightSource({self.origin}, {len(self._where)} tensors)"
+
+
+def _open_all(paths: list[Path]) -> list[SafetensorsFile]:
+    opened: list[SafetensorsFile] = []
+    try:
+        for path in paths:
+            opened.append(SafetensorsFile(path))
+    except BaseException:
+        for file in opened:
+            file.close()
+        raise
+    return opened
