@@ -1,0 +1,120 @@
+"""The pytest plugin (entry point ``pytest11: ferrum_conformance``).
+
+It is loaded by every pytest run in an environment with ferrum-core installed,
+so it does nothing unless ``--ferrum-backend NAME`` is given: only then are the
+checks in :mod:`conformance.checks` collected, their fixtures registered, the
+xfail file applied and the report written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conformance import CHECKS_DIR
+from conformance.report import ConformanceReport, Outcomes, check_id
+from conformance.xfail import XfailTable, load_xfail
+
+__all__ = ["ConformanceSession"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ferrum", "Ferrum conformance suite")
+    group.addoption(
+        "--ferrum-backend",
+        metavar="NAME",
+        default=None,
+        help="run the Ferrum conformance suite against this backend",
+    )
+    group.addoption(
+        "--ferrum-model",
+        metavar="DIR",
+        default=None,
+        help="model directory for the behavioural checks (default: a golden model)",
+    )
+    group.addoption(
+        "--ferrum-xfail",
+        metavar="FILE",
+        default=None,
+        help="xfail file of known gaps (default: conformance/xfail/NAME.toml)",
+    )
+    group.addoption(
+        "--ferrum-json", metavar="FILE", default=None, help="write the JSON report to FILE"
+    )
+
+
+def _active(config: pytest.Config) -> bool:
+    return bool(config.getoption("ferrum_backend", None))
+
+
+def _in_checks(path: Path) -> bool:
+    return path == CHECKS_DIR or CHECKS_DIR in path.parents
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # Without a backend the checks have nothing to run against: never collect them.
+    if not _active(config) and _in_checks(collection_path.resolve()):
+        return True
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not _active(config):
+        return
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        # `pytest --ferrum-backend NAME` alone means "the suite", not the project's testpaths.
+        config.args = [str(CHECKS_DIR)]
+    from conformance import fixtures
+
+    if not config.pluginmanager.is_registered(fixtures):
+        config.pluginmanager.register(fixtures, "ferrum_conformance_fixtures")
+    config.pluginmanager.register(ConformanceSession(config), "ferrum_conformance_session")
+
+
+class ConformanceSession:
+    """Per-run state: the xfail table, per-check outcomes, the report."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.backend = str(config.getoption("ferrum_backend"))
+        xfail_path = config.getoption("ferrum_xfail")
+        self.xfail: XfailTable = load_xfail(Path(xfail_path) if xfail_path else None, self.backend)
+        self.outcomes = Outcomes()
+        self.ids: dict[str, str] = {}  # nodeid -> check id
+        self.report: ConformanceReport | None = None
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            cid = check_id(item)
+            self.ids[item.nodeid] = cid
+            reason = self.xfail.reason_for(cid)
+            if reason is not None:
+                item.add_marker(pytest.mark.xfail(reason=reason, strict=False))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        cid = self.ids.get(report.nodeid)
+        if cid is not None:
+            self.outcomes.add(cid, report)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        from ferrum_core.version import __version__
+
+        self.report = ConformanceReport.build(self.backend, __version__, self.outcomes.ordered())
+        target = self.config.getoption("ferrum_json")
+        if target:
+            Path(target).write_text(self.report.model_dump_json(indent=2) + "\n")
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.report is None:
+            return
+        s = self.report.summary
+        terminalreporter.section(f"ferrum conformance: backend {self.backend}")
+        terminalreporter.write_line(
+            f"{s.passed} passed, {s.failed} failed, {s.skipped} skipped, {s.xfailed} xfailed"
+        )
+        for check in self.report.checks:
+            if check.outcome == "failed":
+                terminalreporter.write_line(f"FAILED {check.id}: {check.reason}")
+        for key in self.xfail.unused():
+            terminalreporter.write_line(f"xfail entry {key!r} matches no check")

@@ -1,0 +1,45 @@
+"""The example backend's `ModelExecutorFactory`: load a model, wrap it in `LlmExecutor`."""
+
+from __future__ import annotations
+
+from ferrum_core.errors import UnsupportedError
+from ferrum_core.llm import LlmExecutor
+from ferrum_core.models import load_model
+from ferrum_core.protocol import BatchModelExecutor, ExecutorConfig, ExecutorType, ModelExecutor
+from ferrum_core.types import DataType
+from ferrum_example_backend.model import NumpyLlama
+
+__all__ = ["MAX_BATCH_SIZE", "ExampleFactory"]
+
+MAX_BATCH_SIZE = 256
+
+
+class ExampleFactory:
+    """Builds pure-numpy executors on the CPU in float32."""
+
+    def validate_config(self, config: ExecutorConfig) -> None:
+        if config.dtype != DataType.FP32:
+            raise UnsupportedError(
+                f"the example backend computes in fp32 only, not {config.dtype.value}"
+            )
+        if config.device != "cpu":
+            raise UnsupportedError(f"the example backend runs on cpu only, not {config.device}")
+
+    def create_executor(self, config: ExecutorConfig) -> ModelExecutor:
+        self.validate_config(config)
+        loaded = load_model(config.model_path, max_model_len=config.max_sequence_length)
+        model = NumpyLlama.from_weights(
+            loaded.config,
+            loaded.weights,
+            max_batch_size=min(config.max_batch_size, MAX_BATCH_SIZE),
+        )
+        return LlmExecutor(model, model_id=loaded.path.name, model_type=loaded.config.model_type)
+
+    def create_batch_executor(self, config: ExecutorConfig) -> BatchModelExecutor:
+        raise UnsupportedError(
+            "the example backend has no BatchModelExecutor; create_executor's executor "
+            "batches through LlmExecutor"
+        )
+
+    def supported_types(self) -> list[ExecutorType]:
+        return [ExecutorType.SEQUENTIAL, ExecutorType.CONTINUOUS_BATCH]

@@ -1,0 +1,110 @@
+"""`ferrum conformance NAME`: run the shared conformance suite against one backend.
+
+The suite is a pytest plugin shipped in the ``conformance`` package; this
+command runs pytest in-process over its checks and prints the report (a
+summary table, or the JSON document with ``--json``). Exit status 1 when any
+check fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from ferrum_core.errors import FerrumError
+
+__all__ = ["conformance", "run_suite", "suite_args"]
+
+
+def suite_args(
+    backend: str, model: str | None, xfail: str | None, report: Path, quiet: bool
+) -> list[str]:
+    from conformance import CHECKS_DIR, PACKAGE_DIR
+
+    args = [
+        str(CHECKS_DIR),
+        "--ferrum-backend", backend,
+        "--ferrum-json", str(report),
+        "--rootdir", str(PACKAGE_DIR),
+        "--confcutdir", str(PACKAGE_DIR),
+        # Ignore the caller's own pytest configuration: the suite defines what runs.
+        "-c", os.devnull,
+        "-p", "no:cacheprovider",
+        "-q" if quiet else "-v",
+    ]
+    if model:
+        args += ["--ferrum-model", model]
+    if xfail:
+        args += ["--ferrum-xfail", xfail]
+    return args
+
+
+def run_suite(
+    backend: str, model: str | None = None, xfail: str | None = None, *, quiet: bool = True
+) -> tuple[int, str | None]:
+    """Run the suite; return pytest's exit code and the JSON report (None if none was written)."""
+    import pytest
+
+    with tempfile.TemporaryDirectory(prefix="ferrum-conformance-") as tmp:
+        report = Path(tmp) / "report.json"
+        args = suite_args(backend, model, xfail, report, quiet)
+        if not _plugin_autoloaded():
+            args += ["-p", "conformance.plugin"]
+        # pytest's progress goes to stderr so that stdout carries only the report.
+        with contextlib.redirect_stdout(sys.stderr):
+            code = int(pytest.main(args))
+        return code, report.read_text() if report.is_file() else None
+
+
+def _plugin_autoloaded() -> bool:
+    """Is the ``pytest11`` entry point active (unless autoloading is switched off)?"""
+    from importlib.metadata import entry_points
+
+    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+        return False
+    return any(ep.value == "conformance.plugin" for ep in entry_points(group="pytest11"))
+
+
+def _summary_table(report_json: str) -> str:
+    from conformance.report import ConformanceReport
+
+    report = ConformanceReport.model_validate_json(report_json)
+    width = max([len(c.id) for c in report.checks] + [5])
+    lines = [f"backend {report.backend} (ferrum {report.ferrum_version})", ""]
+    for check in report.checks:
+        reason = f"  {check.reason}" if check.reason else ""
+        lines.append(f"{check.id:<{width}}  {check.outcome:<8}{reason}")
+    s = report.summary
+    lines += ["", f"{s.passed} passed, {s.failed} failed, {s.skipped} skipped, {s.xfailed} xfailed"]
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("backend")
+@click.option(
+    "--model", type=click.Path(exists=True, file_okay=False), default=None,
+    help="Model directory for the behavioural checks (default: a golden model).",
+)
+@click.option(
+    "--xfail", type=click.Path(exists=True, dir_okay=False), default=None,
+    help="TOML file of known gaps (default: the suite's xfail/BACKEND.toml).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
+def conformance(backend: str, model: str | None, xfail: str | None, as_json: bool) -> None:
+    """Run the conformance suite against BACKEND."""
+    from ferrum_core.backends import get_backend
+
+    get_backend(backend)  # unknown or unavailable: one clear line, exit 1
+    code, report = run_suite(backend, model, xfail)
+    if report is None:
+        raise FerrumError(f"the conformance suite did not run (pytest exit code {code})")
+    click.echo(report if as_json else _summary_table(report), nl=not as_json)
+    from conformance.report import ConformanceReport
+
+    if ConformanceReport.model_validate_json(report).summary.failed or code not in (0, 1):
+        sys.exit(1)
