@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib.metadata import EntryPoint, entry_points
-from types import ModuleType
 from typing import Any
 
 import pluggy
@@ -110,7 +109,8 @@ def _load(
     ep: EntryPoint, record: PluginRecord, manager: pluggy.PluginManager, registry: BackendRegistry
 ) -> None:
     try:
-        module = importlib.import_module(ep.value.split(":")[0])
+        module = importlib.import_module(ep.module)
+        plugin = ep.load()  # the module itself, or the object named after ``:``
     except BaseException as exc:  # SystemExit in a plugin must not end the host
         record.state, record.reason = PluginState.FAILED, _one_line(exc)
         return
@@ -123,29 +123,33 @@ def _load(
         return
     pending: list[BackendDescriptor] = []
     try:
-        manager.register(module, name=ep.name)
+        # Two distributions may use the same entry-point name: key pluggy by both.
+        manager.register(plugin, name=f"{record.distribution}:{ep.name}")
+        manager.check_pending()  # a misspelled hook is a fault, not a silent no-op
         caller = manager.subset_hook_caller(
             "ferrum_register_backends",
-            remove_plugins=[p for p in manager.get_plugins() if p is not module],
+            remove_plugins=[p for p in manager.get_plugins() if p is not plugin],
         )
         caller(register=_register_callback(pending, record))
     except _Incompatible as exc:
         record.state, record.reason = PluginState.INCOMPATIBLE, str(exc)
-        _unregister(manager, module)
+        _unregister(manager, plugin)
         return
     except PluginError:
         raise
     except BaseException as exc:
         record.state, record.reason = PluginState.FAILED, _one_line(exc)
-        _unregister(manager, module)
+        _unregister(manager, plugin)
         return
+    if not pending:
+        record.reason = "registered no backends"
     for descriptor in pending:
         registry.add(descriptor)
 
 
-def _unregister(manager: pluggy.PluginManager, module: ModuleType) -> None:
-    if manager.is_registered(module):
-        manager.unregister(module)
+def _unregister(manager: pluggy.PluginManager, plugin: object) -> None:
+    if manager.is_registered(plugin):
+        manager.unregister(plugin)
 
 
 def _register_callback(

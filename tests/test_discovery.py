@@ -191,3 +191,48 @@ def test_probe_priority_override_and_raising_probe(plugin_factory: PluginFactory
     flaky = reg.get("flaky")
     assert flaky.state == BackendState.UNAVAILABLE and "driver missing" in flaky.reason
     assert reg.select(None, {}).name == "dyn"
+
+
+def test_same_entry_point_name_in_two_distributions(plugin_factory: PluginFactory) -> None:
+    plugin_factory.backend("alpha-dist", [("same", 10, True)], entry_point="samename")
+    plugin_factory.backend("beta-dist", [("same", 20, True)], entry_point="samename")
+    found = discover(only("samename"))
+    assert [p.state for p in found.plugins if p.entry_point == "samename"] == [
+        PluginState.LOADED, PluginState.LOADED
+    ]
+    dup = backend(found, "same", BackendState.DUPLICATE)
+    assert "alpha-dist" in dup.reason and "beta-dist" in dup.reason
+
+
+def test_entry_point_naming_an_object_and_a_misspelled_hook(plugin_factory: PluginFactory) -> None:
+    body = """
+    from ferrum_core.backends import ProbeResult
+    from ferrum_core.hookspecs import hookimpl
+    FERRUM_API_VERSION = 1
+
+    class Plugin:
+        @hookimpl
+        def ferrum_register_backends(self, register):
+            register("objy", factory=lambda: None, probe=lambda: ProbeResult(True), priority=1)
+
+    PLUGIN = Plugin()
+    """
+    ep = plugin_factory.make("obj-dist", body)
+    dist_info = next(plugin_factory.root.glob("obj_dist-*.dist-info"))
+    text = (dist_info / "entry_points.txt").read_text().strip() + ":PLUGIN\n"
+    (dist_info / "entry_points.txt").write_text(text)
+    typo = plugin_factory.make("typo-dist", """
+    from ferrum_core.hookspecs import hookimpl
+    FERRUM_API_VERSION = 1
+
+    @hookimpl
+    def ferrum_register_backend(register):
+        pass
+    """)
+    empty = plugin_factory.backend("empty-dist", [])
+    found = discover(only(ep, typo, empty))
+    assert plugin(found, ep).state == PluginState.LOADED
+    assert [r.name for r in found.registry.records] == ["objy"]
+    assert plugin(found, typo).state == PluginState.FAILED
+    assert "ferrum_register_backend" in plugin(found, typo).reason
+    assert plugin(found, empty).reason == "registered no backends"

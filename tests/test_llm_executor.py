@@ -81,7 +81,7 @@ def test_prefill_and_decode_paths(native: bool) -> None:
         assert model.calls["unified_forward"] == 2 and model.calls["prefill"] == 0
     else:
         assert model.calls["unified_forward"] == 0
-        assert model.calls["prefill"] == 1 and model.calls["decode_batch"] == 1
+        assert model.calls["prefill"] == 1 and model.calls["decode"] == 1
 
 
 def test_prefill_skips_unified_forward_when_full_logits_required() -> None:
@@ -98,7 +98,7 @@ def test_decode_skips_unified_forward_when_full_logits_required() -> None:
     handle = prefill(ex, [1, 2], metadata=FULL).kv_cache
     ex.decode(decode_input(7, handle, FULL))
     assert model.calls["unified_forward"] == 0
-    assert model.full_logits_flags == [True]
+    assert model.calls["decode"] == 1
 
 
 def _item(handle, tokens, final=True, metadata=None) -> UnifiedBatchItem:  # type: ignore[no-untyped-def]
@@ -110,9 +110,11 @@ def _item(handle, tokens, final=True, metadata=None) -> UnifiedBatchItem:  # typ
 def test_unified_decode_skips_unified_forward_when_full_logits_required() -> None:
     model = ToyLlm()
     ex = LlmExecutor(model)
-    handle = prefill(ex, [1, 2, 3]).kv_cache
+    first = prefill(ex, [1, 2, 3]).kv_cache
+    second = prefill(ex, [4]).kv_cache
     model.calls.clear()
-    out = ex.unified_decode(UnifiedBatch((_item(handle, [7], metadata=FULL),)))
+    batch = UnifiedBatch((_item(first, [7], metadata=FULL), _item(second, [8])))
+    out = ex.unified_decode(batch)
     assert out[0] is not None and out[0].shape == (32,)
     assert model.calls["unified_forward"] == 0
     assert model.full_logits_flags == [True]
@@ -328,3 +330,70 @@ def test_concurrent_decodes_on_different_sequences() -> None:
         t.join()
     assert not errors
     assert all(h.sequence_length == 21 for h in handles)
+
+
+def test_half_failed_batch_rolls_existing_caches_back() -> None:
+    model = ToyLlm(native=False, max_tokens_total=12)
+    ex = LlmExecutor(model)
+    a = prefill(ex, [1, 2, 3, 4]).kv_cache
+    more_a = PrefillInput(as_tensor_ref(np.array([[5, 6, 7]])), kv_cache=a)
+    new_b = PrefillInput(as_tensor_ref(np.array([[1, 1, 1, 1, 1, 1]])))
+    with pytest.raises(KvPoolExhaustedError):
+        ex.batch_prefill([more_a, new_b])
+    assert model.history[a.cache_id] == [1, 2, 3, 4]
+    assert ex.live_caches() == [a.cache_id]
+    again = ex.prefill(more_a)
+    expected = history_logits([1, 2, 3, 4, 5, 6, 7])
+    np.testing.assert_allclose(again.logits.to_numpy()[0, -1], expected)
+
+
+@pytest.mark.parametrize("bad", [None, np.zeros(5, np.float32)])
+def test_missing_or_misshaped_logits_are_backend_errors(bad) -> None:  # type: ignore[no-untyped-def]
+    model = ToyLlm()
+    model.unified_forward = lambda items: [bad for _ in items]  # type: ignore[method-assign]
+    ex = LlmExecutor(model)
+    with pytest.raises(BackendError):
+        prefill(ex, [1, 2])
+    assert ex.live_caches() == []
+
+
+def test_release_racing_a_decode_gives_unknown_cache_error() -> None:
+    ex = LlmExecutor(ToyLlm())
+    handle = prefill(ex, [1, 2]).kv_cache
+    errors: list[BaseException] = []
+    session = ex._session  # drive the race deterministically
+
+    def worker() -> None:
+        try:
+            ex.decode(decode_input(3, handle))
+        except BaseException as exc:
+            errors.append(exc)
+
+    with session.lock:
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join(0.2)  # the worker resolved its handle and now waits for the lock
+        session.caches.forget(handle.cache_id)
+        session.model.release(handle.cache_id)
+    thread.join(5)
+    assert len(errors) == 1 and isinstance(errors[0], UnknownCacheError)
+    assert ex.live_caches() == []
+
+
+def test_fallback_routing_one_token_prompt_is_a_prefill_and_chunks_are_bounded() -> None:
+    model = ToyLlm(native=False).with_config(max_chunk_tokens=2)
+    calls: list[tuple[str, int, int]] = []
+    original = model.prefill
+
+    def spy(cache_id, tokens, start_pos):  # type: ignore[no-untyped-def]
+        calls.append((cache_id, len(tokens), start_pos))
+        return original(cache_id, tokens, start_pos)
+
+    model.prefill = spy  # type: ignore[method-assign]
+    ex = LlmExecutor(model)
+    one = prefill(ex, [7])
+    assert calls == [(one.kv_cache.cache_id, 1, 0)] and model.calls["decode"] == 0
+    calls.clear()
+    five = prefill(ex, [1, 2, 3, 4, 5])
+    assert [(n, s) for _, n, s in calls] == [(2, 0), (2, 2), (1, 4)]
+    np.testing.assert_allclose(five.logits.to_numpy()[0, -1], history_logits([1, 2, 3, 4, 5]))

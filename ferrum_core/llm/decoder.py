@@ -65,6 +65,7 @@ class LlmRuntimeConfig:
     paged_kv: bool = False
     prefix_caching: bool = False
     supports_lora: bool = False
+    max_chunk_tokens: int | None = None  # static graphs: longest prefill call the model takes
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -106,11 +107,16 @@ class DecoderOnlyLLM(Protocol):
         ...
 
     def prefill(self, cache_id: str, tokens: Sequence[int], start_pos: int) -> np.ndarray:
-        """Append ``tokens`` at ``start_pos``; return last-position logits ``[vocab]``."""
+        """Append ``tokens`` at ``start_pos``; return last-position logits ``[vocab]``.
+
+        ``start_pos == 0`` with an id the model has never seen starts a new
+        sequence (prefill is the only call that does). At most
+        ``config.max_chunk_tokens`` tokens when that is set.
+        """
         ...
 
     def decode(self, cache_id: str, token: int, pos: int) -> np.ndarray:
-        """Append one token at ``pos``; return logits ``[vocab]``."""
+        """Append one token at ``pos > 0`` of an existing sequence; return logits ``[vocab]``."""
         ...
 
     def decode_batch(

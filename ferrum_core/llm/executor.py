@@ -9,29 +9,23 @@ handles), tries the model's ragged ``unified_forward`` first and falls back on
 
 from __future__ import annotations
 
-import itertools
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 
 from ferrum_core.errors import (
     BackendError,
-    CapacityError,
     ExecutorStateError,
     FerrumError,
     InvalidInputError,
-    UnknownCacheError,
-    UnsupportedError,
 )
-from ferrum_core.llm.decoder import DecodeItem, DecoderOnlyLLM, UnifiedItem
+from ferrum_core.llm.decoder import DecoderOnlyLLM, UnifiedItem
 from ferrum_core.llm.describe import capabilities_for, model_info_for
 from ferrum_core.llm.handle import LlmKvCacheHandle
-from ferrum_core.llm.metadata import ProfileFlags, active_lora_from_metadata, requires_full_logits
-from ferrum_core.llm.stats import ExecutorStats
+from ferrum_core.llm.metadata import ProfileFlags
+from ferrum_core.llm.session import ModelSession
 from ferrum_core.protocol.capabilities import (
     ExecutorCapabilities,
     ExecutorMemoryUsage,
@@ -44,7 +38,6 @@ from ferrum_core.protocol.io import (
     DecodeInput,
     DecodeOutput,
     KvCacheHandle,
-    Metadata,
     PrefillInput,
     PrefillOutput,
     UnifiedBatch,
@@ -66,21 +59,14 @@ class LlmExecutor(ModelExecutor):
         self._model = model
         self._cfg = model.config
         self._info = model_info_for(self._cfg, model_id=model_id, model_type=model_type)
-        self._model_lock = threading.Lock()
-        self._ids = itertools.count()
-        self._lengths: dict[str, int] = {}  # live cache id -> positions written
-        self._stats = ExecutorStats()
+        self._session = ModelSession(model, owner=id(self))
+        self._model_lock = self._session.lock
+        self._caches = self._session.caches
+        self._stats = self._session.stats
         self._profile = ProfileFlags.from_env()
         self._state = ExecutorState.READY
 
     # -- plumbing -------------------------------------------------------------------
-    @contextmanager
-    def _locked(self) -> Iterator[DecoderOnlyLLM]:
-        start = time.perf_counter()
-        with self._model_lock:
-            self._stats.record_lock_wait(time.perf_counter() - start)
-            yield self._model
-
     def _run(self, kind: str, batch: int, tokens: int, body: Callable[[], T]) -> T:
         if self._state == ExecutorState.SHUTDOWN:
             raise ExecutorStateError("executor is shut down")
@@ -97,113 +83,6 @@ class LlmExecutor(ModelExecutor):
         finally:
             self._stats.end(start, kind=kind, tokens=tokens, ok=ok)
 
-    def _handle(self, cache_id: str, length: int) -> LlmKvCacheHandle:
-        cfg = self._cfg
-        return LlmKvCacheHandle(
-            cache_id=cache_id,
-            sequence_length=length,
-            num_layers=cfg.num_layers,
-            num_kv_heads=cfg.num_kv_heads,
-            head_dim=cfg.head_dim,
-            device=cfg.device,
-            bytes_per_element=max(1, int(cfg.dtype.bytes_per_element)),
-            owner=id(self),
-        )
-
-    def _resolve(self, handle: KvCacheHandle) -> tuple[str, int]:
-        """The cache id and current length behind a handle this executor issued."""
-        if not isinstance(handle, LlmKvCacheHandle) or handle.owner != id(self):
-            raise UnknownCacheError("KV cache handle was not issued by this executor")
-        live = self._lengths.get(handle.cache_id)
-        if live is None:
-            raise UnknownCacheError(f"unknown or released KV cache id {handle.cache_id!r}")
-        if handle.sequence_length != live:
-            raise InvalidInputError(
-                f"stale KV handle for {handle.cache_id!r}: it says {handle.sequence_length}"
-                f" positions, the cache holds {live} (use the handle the last call returned)"
-            )
-        return handle.cache_id, live
-
-    def _check_tokens(self, tokens: Sequence[int], start: int) -> None:
-        if not tokens:
-            raise InvalidInputError("empty token list")
-        vocab = self._cfg.vocab_size
-        bad = [t for t in tokens if not 0 <= t < vocab]
-        if bad:
-            raise InvalidInputError(f"token id {bad[0]} out of vocabulary (size {vocab})")
-        capacity = self.kv_capacity()
-        if start + len(tokens) > capacity:
-            raise CapacityError(
-                f"sequence would reach {start + len(tokens)} tokens; capacity is {capacity}"
-            )
-
-    def _check_batch(self, size: int) -> None:
-        if size > self._cfg.max_batch_size:
-            raise CapacityError(
-                f"batch of {size} exceeds max_batch_size {self._cfg.max_batch_size}"
-            )
-
-    def _set_lora(self, model: DecoderOnlyLLM, cache_id: str, metadata: Metadata) -> None:
-        model.set_lora_adapter_for_cache(cache_id, active_lora_from_metadata(metadata))
-
-    def _forward(
-        self, model: DecoderOnlyLLM, items: Sequence[UnifiedItem], full: bool
-    ) -> tuple[list[np.ndarray | None], bool]:
-        """Run items through the ragged path when possible; return (logits, native)."""
-        if model.native_unified and not full:
-            try:
-                out = model.unified_forward(items)
-            except UnsupportedError:
-                pass
-            else:
-                if len(out) != len(items):
-                    raise BackendError(
-                        f"unified_forward returned {len(out)} entries for {len(items)} items"
-                    )
-                return [None if o is None else _row(o) for o in out], True
-        results: list[np.ndarray | None] = [None] * len(items)
-        decodes = [i for i, it in enumerate(items) if len(it.tokens) == 1 and it.is_final_chunk]
-        for i, it in enumerate(items):
-            if i not in decodes:
-                logits = model.prefill(it.cache_id, it.tokens, it.pos_offset)
-                results[i] = _row(logits) if it.is_final_chunk else None
-        if decodes:
-            batch = [DecodeItem(items[i].cache_id, items[i].tokens[0], items[i].pos_offset)
-                     for i in decodes]
-            for i, logits in zip(decodes, model.decode_batch(batch, full), strict=True):
-                results[i] = _row(logits)
-        return results, False
-
-    def _execute(
-        self, items: list[UnifiedItem], metadata: Sequence[Metadata], fresh: Sequence[str]
-    ) -> tuple[list[np.ndarray | None], bool]:
-        """Validate, forward and commit lengths; on failure forget freshly created ids."""
-        ids = [it.cache_id for it in items]
-        if len(set(ids)) != len(ids):
-            raise InvalidInputError("a cache id appears twice in one batch")
-        self._check_batch(len(items))
-        for it in items:
-            self._check_tokens(it.tokens, it.pos_offset)
-        full = any(requires_full_logits(m) for m in metadata)
-        with self._locked() as model:
-            try:
-                for it, meta in zip(items, metadata, strict=True):
-                    self._set_lora(model, it.cache_id, meta)
-                out, native = self._forward(model, items, full)
-            except BaseException:
-                for cache_id in fresh:
-                    model.release(cache_id)
-                    self._lengths.pop(cache_id, None)
-                raise
-            for it in items:
-                self._lengths[it.cache_id] = it.pos_offset + len(it.tokens)
-        return out, native
-
-    def _new_id(self) -> str:
-        cache_id = f"llm-cache-{next(self._ids)}"
-        self._lengths[cache_id] = 0
-        return cache_id
-
     # -- protocol -------------------------------------------------------------------
     def info(self) -> ModelInfo:
         return self._info
@@ -212,13 +91,13 @@ class LlmExecutor(ModelExecutor):
         return bool(self._model.native_unified)
 
     def kv_capacity(self) -> int:
-        return min(self._cfg.max_seq_len, self._model.kv_capacity())
+        return self._session.kv_capacity()
 
     def new_cache(self) -> LlmKvCacheHandle:
         if self._state == ExecutorState.SHUTDOWN:
             raise ExecutorStateError("executor is shut down")
         with self._model_lock:
-            return self._handle(self._new_id(), 0)
+            return self._caches.handle(self._caches.new_id(), 0)
 
     def prefill(self, input: PrefillInput) -> PrefillOutput:
         return self.batch_prefill([input])[0]
@@ -234,22 +113,22 @@ class LlmExecutor(ModelExecutor):
                     raise InvalidInputError(
                         f"prefill takes one sequence per input, got batch {inp.batch_size}"
                     )
-                start = None if inp.kv_cache is None else self._resolve(inp.kv_cache)
+                start = None if inp.kv_cache is None else self._caches.resolve(inp.kv_cache)
                 parsed.append((start, tensor_to_tokens(inp.input_ids)))
             items, fresh = [], []
             with self._model_lock:
                 for start, tokens in parsed:
                     if start is None:
-                        fresh.append(self._new_id())
+                        fresh.append(self._caches.new_id())
                         start = (fresh[-1], 0)
                     items.append(UnifiedItem(start[0], tokens, start[1], True))
             t0 = time.perf_counter()
             try:
-                logits, native = self._execute(items, [i.metadata for i in inputs], fresh)
+                logits, native = self._session.execute(items, [i.metadata for i in inputs], fresh)
             except BaseException:
                 with self._model_lock:
                     for cache_id in fresh:
-                        self._lengths.pop(cache_id, None)
+                        self._caches.forget(cache_id)
                 raise
             if self._profile.batch_prefill:
                 self._profile.emit(
@@ -259,8 +138,8 @@ class LlmExecutor(ModelExecutor):
                 )
             return [
                 PrefillOutput(
-                    HostTensor(_row(row)[None, None, :]),
-                    self._handle(it.cache_id, it.pos_offset + len(it.tokens)),
+                    HostTensor(_sampled(row)[None, None, :]),
+                    self._caches.handle(it.cache_id, it.pos_offset + len(it.tokens)),
                 )
                 for it, row in zip(items, logits, strict=True)
             ]
@@ -278,13 +157,13 @@ class LlmExecutor(ModelExecutor):
         def body() -> list[DecodeOutput]:
             items = []
             for inp in inputs:
-                cache_id, start = self._resolve(inp.kv_cache)
+                cache_id, start = self._caches.resolve(inp.kv_cache)
                 tokens = tensor_to_tokens(inp.input_ids)
                 if len(tokens) != 1:
                     raise InvalidInputError(f"decode takes one token, got {len(tokens)}")
                 items.append(UnifiedItem(cache_id, tokens, start, True))
             t0 = time.perf_counter()
-            logits, native = self._execute(items, [i.metadata for i in inputs], ())
+            logits, native = self._session.execute(items, [i.metadata for i in inputs], ())
             if self._profile.batch_decode:
                 self._profile.emit(
                     f"[exec-batch-decode-prof] m={len(items)} fallback={not native}"
@@ -292,7 +171,8 @@ class LlmExecutor(ModelExecutor):
                 )
             return [
                 DecodeOutput(
-                    HostTensor(_row(row)[None, :]), self._handle(it.cache_id, it.pos_offset + 1)
+                    HostTensor(_sampled(row)[None, :]),
+                    self._caches.handle(it.cache_id, it.pos_offset + 1),
                 )
                 for it, row in zip(items, logits, strict=True)
             ]
@@ -306,7 +186,7 @@ class LlmExecutor(ModelExecutor):
         def body() -> UnifiedLogits:
             items = []
             for it in batch.items:
-                cache_id, start = self._resolve(it.kv_cache)
+                cache_id, start = self._caches.resolve(it.kv_cache)
                 if it.seq_id != cache_id:
                     raise InvalidInputError(
                         f"seq_id {it.seq_id!r} does not match its KV handle {cache_id!r}"
@@ -316,7 +196,7 @@ class LlmExecutor(ModelExecutor):
                         f"pos_offset {it.pos_offset} for {cache_id!r} but the cache holds {start}"
                     )
                 items.append(UnifiedItem(cache_id, list(it.q_tokens), start, it.is_final_chunk))
-            logits, native = self._execute(items, [it.metadata for it in batch.items], ())
+            logits, native = self._session.execute(items, [it.metadata for it in batch.items], ())
             self._stats.record_unified(native)
             return logits
 
@@ -328,22 +208,34 @@ class LlmExecutor(ModelExecutor):
             return []
 
         def body() -> list[DecodeOutput]:
-            cache_id, start = self._resolve(inputs[0].kv_cache)
+            cache_id, start = self._caches.resolve(inputs[0].kv_cache)
             tokens: list[int] = []
             for inp in inputs:
                 toks = tensor_to_tokens(inp.input_ids)
                 if len(toks) != 1:
                     raise InvalidInputError("forward_verify takes one token per input")
                 tokens.extend(toks)
-            self._check_tokens(tokens, start)
-            with self._locked() as model:
-                self._set_lora(model, cache_id, inputs[0].metadata)
-                flat = np.asarray(model.forward_verify(cache_id, tokens, start), np.float32)
-                self._lengths[cache_id] = start + len(tokens)
-            if flat.shape != (len(tokens), self._cfg.vocab_size):
-                raise BackendError(f"forward_verify returned shape {flat.shape}")
+            self._session.check_tokens(tokens, start)
+            vocab = self._cfg.vocab_size
+            with self._session.locked() as model:
+                self._caches.recheck(cache_id, start)
+                item = UnifiedItem(cache_id, tokens, start, True)
+                try:
+                    self._session.set_lora(model, cache_id, inputs[0].metadata)
+                    flat = np.asarray(model.forward_verify(cache_id, tokens, start), np.float32)
+                    if flat.shape != (len(tokens), vocab):
+                        raise BackendError(
+                            f"forward_verify returned shape {flat.shape};"
+                            f" expected {(len(tokens), vocab)}"
+                        )
+                except BaseException:
+                    self._session.roll_back(model, [item], ())
+                    raise
+                self._caches.set_length(cache_id, start + len(tokens))
             return [
-                DecodeOutput(HostTensor(flat[i][None, :]), self._handle(cache_id, start + i + 1))
+                DecodeOutput(
+                    HostTensor(flat[i][None, :]), self._caches.handle(cache_id, start + i + 1)
+                )
                 for i in range(len(tokens))
             ]
 
@@ -352,22 +244,23 @@ class LlmExecutor(ModelExecutor):
     def truncate_kv(self, kv_cache: KvCacheHandle, new_len: int) -> LlmKvCacheHandle:
         if self._state == ExecutorState.SHUTDOWN:
             raise ExecutorStateError("executor is shut down")
-        cache_id, length = self._resolve(kv_cache)
+        cache_id, length = self._caches.resolve(kv_cache)
         if not 0 <= new_len <= length:
             raise InvalidInputError(f"cannot truncate {cache_id!r} of length {length} to {new_len}")
-        with self._locked() as model:
+        with self._session.locked() as model:
+            self._caches.recheck(cache_id, length)
             model.truncate_kv(cache_id, new_len)
-            self._lengths[cache_id] = new_len
-        return self._handle(cache_id, new_len)
+            self._caches.set_length(cache_id, new_len)
+        return self._caches.handle(cache_id, new_len)
 
     def release_cache(self, cache_id: str) -> None:
-        with self._locked() as model:
-            if self._lengths.pop(cache_id, None) is not None:
+        with self._session.locked() as model:
+            if self._caches.forget(cache_id) is not None:
                 model.release(cache_id)
 
     def live_caches(self) -> list[str]:
         with self._model_lock:
-            return list(self._lengths)
+            return self._caches.ids()
 
     def capabilities(self) -> ExecutorCapabilities:
         native = self.supports_native_unified_decode()
@@ -401,26 +294,27 @@ class LlmExecutor(ModelExecutor):
         return self._stats.metrics(used / allocated if allocated else 0.0)
 
     def cache_metrics_snapshot(self) -> dict[str, Any]:
-        with self._locked() as model:
+        with self._session.locked() as model:
             snapshot = dict(model.cache_metrics_snapshot() or {})
-            snapshot["live_caches"] = len(self._lengths)
+            snapshot["live_caches"] = len(self._caches)
         snapshot["unified_native_calls"] = self._stats.unified_native_calls
         snapshot["unified_fallback_calls"] = self._stats.unified_fallback_calls
         snapshot["executor_model_lock"] = self._stats.lock_snapshot()
         return snapshot
 
     def lora_metrics_snapshot(self) -> dict[str, Any] | None:
-        with self._locked() as model:
+        with self._session.locked() as model:
             return model.lora_metrics_snapshot()
 
     def shutdown(self) -> None:
-        with self._locked() as model:
-            for cache_id in list(self._lengths):
+        with self._session.locked() as model:
+            for cache_id in self._caches.ids():
                 model.release(cache_id)
-            self._lengths.clear()
+                self._caches.forget(cache_id)
             self._state = ExecutorState.SHUTDOWN
 
 
-def _row(logits: Any) -> np.ndarray:
-    """A 1-D float32 logits row (backends may hand back 2-D ``[1, vocab]``)."""
-    return np.asarray(logits, dtype=np.float32).reshape(-1)
+def _sampled(row: np.ndarray | None) -> np.ndarray:
+    if row is None:  # run_items guarantees rows for sampling items; keep the type honest
+        raise BackendError("no logits for an item that samples")
+    return row
