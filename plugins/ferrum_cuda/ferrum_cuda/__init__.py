@@ -1,0 +1,1 @@
+"""Ferrum backends `cuda` and `torch` (PyTorch)."""

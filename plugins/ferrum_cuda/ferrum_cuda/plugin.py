@@ -1,0 +1,96 @@
+"""Entry point of the ferrum-cuda distribution: registers the `cuda` and `torch` backends.
+
+Both run the same PyTorch executor (paged KV, prefix cache, native unified
+decode, LoRA); `cuda` on an NVIDIA GPU, `torch` on the CPU. Nothing heavy is
+imported here: torch loads only when a factory creates an executor.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ferrum_core.hookspecs import hookimpl
+from ferrum_core.protocol.capabilities import (
+    AttentionType,
+    ExecutorCapabilities,
+    MemoryRequirements,
+)
+from ferrum_core.types import DataType
+from ferrum_cuda.probe import probe_cuda, probe_torch
+
+if TYPE_CHECKING:
+    from ferrum_core.backends import RegisterBackend
+    from ferrum_cuda.factory import TorchExecutorFactory
+
+__all__ = ["FERRUM_API_VERSION", "ferrum_register_backends", "static_capabilities"]
+
+FERRUM_API_VERSION = 1
+
+CUDA_PRIORITY = 100
+TORCH_PRIORITY = 10
+
+
+def static_capabilities(device: str) -> ExecutorCapabilities:
+    """What the backend can do before any model is loaded."""
+    return ExecutorCapabilities(
+        max_batch_size=256,
+        max_sequence_length=131072,
+        attention_mechanisms=(
+            AttentionType.MULTI_HEAD,
+            AttentionType.MULTI_QUERY,
+            AttentionType.GROUPED_QUERY,
+            AttentionType.PAGED,
+            AttentionType.SLIDING_WINDOW,
+        )
+        + ((AttentionType.FLASH,) if device != "cpu" else ()),
+        supports_dynamic_batching=True,
+        supports_continuous_batching=True,
+        supports_speculative_decoding=True,
+        supported_dtypes=(DataType.FP32, DataType.FP16, DataType.BF16),
+        supported_devices=(device,),
+        memory_requirements=MemoryRequirements(
+            parameter_memory=0,
+            activation_memory_per_token=0,
+            kv_cache_memory_per_token=0,
+            overhead_memory=0,
+        ),
+        supports_native_unified_decode=True,
+        supports_lora=True,
+        supports_prefix_caching=True,
+    )
+
+
+def _cuda_factory() -> TorchExecutorFactory:
+    from ferrum_cuda.factory import TorchExecutorFactory
+
+    return TorchExecutorFactory("cuda")
+
+
+def _torch_factory() -> TorchExecutorFactory:
+    from ferrum_cuda.factory import TorchExecutorFactory
+
+    return TorchExecutorFactory("cpu")
+
+
+@hookimpl
+def ferrum_register_backends(register: RegisterBackend) -> None:
+    register(
+        "cuda",
+        factory=_cuda_factory,
+        probe=probe_cuda,
+        priority=CUDA_PRIORITY,
+        capabilities=static_capabilities("cuda:0"),
+        api_version=FERRUM_API_VERSION,
+        description="PyTorch on an NVIDIA GPU: paged KV, prefix cache, native unified "
+        "decode, CUDA graphs, LoRA",
+    )
+    register(
+        "torch",
+        factory=_torch_factory,
+        probe=probe_torch,
+        priority=TORCH_PRIORITY,
+        capabilities=static_capabilities("cpu"),
+        api_version=FERRUM_API_VERSION,
+        description="PyTorch on the CPU: the cuda backend's executor (paged KV, prefix "
+        "cache, native unified decode, LoRA)",
+    )

@@ -1,0 +1,94 @@
+"""The decoder forward over a flattened ragged batch of tokens.
+
+Every GEMM runs once over all rows of the step; attention is the only part
+that looks at sequence boundaries (see :mod:`ferrum_cuda.attention`); the
+final norm and the LM head run only on the rows that sample.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from ferrum_core.models.config import ModelConfig
+from ferrum_cuda.attention import AttentionMetadata, attend
+from ferrum_cuda.layers import RopeTables, activation, apply_rope, rms_norm
+from ferrum_cuda.paged_cache import PagedKvPool
+from ferrum_cuda.weights import ModelWeights
+
+__all__ = ["LoraHook", "Transformer"]
+
+
+class LoraHook(Protocol):
+    """Adds adapter deltas to a projection's output, row by row (see :mod:`ferrum_cuda.lora`)."""
+
+    def apply(self, layer: int, site: str, x: torch.Tensor, out: torch.Tensor) -> None: ...
+
+
+def _head_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per-head RMSNorm (Qwen3's q/k norm): ``x`` ``[T, heads, head_dim]``, weight per head."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+class Transformer:
+    def __init__(
+        self, cfg: ModelConfig, weights: ModelWeights, rope: RopeTables, pool: PagedKvPool
+    ) -> None:
+        self.cfg = cfg
+        self.weights = weights
+        self.rope = rope
+        self.pool = pool
+        self.act = activation(cfg.hidden_act)
+        self.scale = cfg.head_dim**-0.5
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        logit_rows: torch.Tensor | None = None,
+        lora: LoraHook | None = None,
+    ) -> torch.Tensor:
+        """Logits ``[rows, vocab]`` (float32) for ``logit_rows`` (all rows when ``None``)."""
+        cfg, w = self.cfg, self.weights
+        eps, hd = cfg.rms_norm_eps, cfg.head_dim
+        nh, nkv, inter = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size
+        rows = ids.shape[0]
+        x = F.embedding(ids, w.embed)
+        cos, sin = self.rope.gather(positions)
+        for index, lw in enumerate(w.layers):
+            h = rms_norm(x, lw.input_norm, eps)
+            qkv = lw.qkv(h)
+            if lora is not None:
+                lora.apply(index, "qkv", h, qkv)
+            qkv = qkv.view(rows, nh + 2 * nkv, hd)
+            qk = qkv[:, : nh + nkv]
+            if lw.qk_norm is not None:
+                qk = _head_rms_norm(qk, lw.qk_norm, eps)
+            qk = apply_rope(qk, cos, sin)
+            k, v = qk[:, nh:], qkv[:, nh + nkv :]
+            cache = self.pool.layer(index)
+            cache[0].index_copy_(0, meta.slot_mapping, k)
+            cache[1].index_copy_(0, meta.slot_mapping, v)
+            attn = attend(qk[:, :nh], (k, v), cache, meta, self.scale, index)
+            o = lw.o(attn)
+            if lora is not None:
+                lora.apply(index, "o", attn, o)
+            x = x + o
+            h = rms_norm(x, lw.post_norm, eps)
+            gate_up = lw.gate_up(h)
+            if lora is not None:
+                lora.apply(index, "gate_up", h, gate_up)
+            a = self.act(gate_up[:, :inter]) * gate_up[:, inter:]
+            down = lw.down(a)
+            if lora is not None:
+                lora.apply(index, "down", a, down)
+            x = x + down
+        if logit_rows is not None:
+            x = x.index_select(0, logit_rows)
+        x = rms_norm(x, w.final_norm, eps)
+        return w.lm_head(x).float()
