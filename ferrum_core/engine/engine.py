@@ -1,0 +1,258 @@
+"""`LLMEngine`: requests in, one scheduled forward per `step()`, deltas out.
+
+Everything goes through the executor protocol; the engine never asks which
+backend it drives. When the executor runs out of KV blocks, the step's
+forwards are rolled back and the newest running request is preempted (its KV
+is recomputed when it is admitted again).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ferrum_core.engine.config import EngineConfig
+from ferrum_core.engine.lora import LoRARequest
+from ferrum_core.engine.outputs import RequestOutput, StreamDelta
+from ferrum_core.engine.request import Request
+from ferrum_core.engine.runner import ExecutorRunner, Work
+from ferrum_core.engine.sampling_params import SamplingParams
+from ferrum_core.engine.scheduler import (
+    PoolView,
+    ScheduledChunk,
+    Scheduler,
+    SchedulerConfig,
+    blocks_for,
+)
+from ferrum_core.engine.sequence import FinishReason
+from ferrum_core.engine.spec_step import SpeculativeStepper
+from ferrum_core.engine.speculative import SpeculativePair
+from ferrum_core.engine.streaming import TokenTextDecoder
+from ferrum_core.errors import (
+    CapacityError,
+    InvalidInputError,
+    KvPoolExhaustedError,
+    UnsupportedError,
+)
+from ferrum_core.protocol import ModelExecutor
+
+__all__ = ["LLMEngine"]
+
+_ids = itertools.count()
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        executor: ModelExecutor,
+        *,
+        detokenizer: Callable[[], TokenTextDecoder],
+        eos_token_ids: Sequence[int] = (),
+        config: EngineConfig | None = None,
+        draft: ModelExecutor | None = None,
+    ) -> None:
+        self.config = config or EngineConfig()
+        self._detokenizer = detokenizer
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.capabilities = executor.capabilities()
+        if draft is not None:
+            for role, ex in (("model", executor), ("draft model", draft)):
+                if not ex.capabilities().supports_speculative_decoding:
+                    raise UnsupportedError(
+                        f"the {role}'s executor does not support speculative decoding"
+                        " (forward_verify + truncate_kv)"
+                    )
+        self.pair = SpeculativePair(executor, draft) if draft is not None else None
+        self.runner = ExecutorRunner(self.pair or executor)
+        self.draft_runner = ExecutorRunner(draft) if draft is not None else None
+        self.spec: SpeculativeStepper | None = None
+        if self.pair is not None and self.draft_runner is not None:
+            self.spec = SpeculativeStepper(
+                self.pair, self.runner, self.draft_runner, self.config.num_speculative_tokens
+            )
+        # the executor rejects batches above its max_batch_size
+        max_num_seqs = min(self.config.max_num_seqs, self.capabilities.max_batch_size)
+        self.scheduler = Scheduler(
+            SchedulerConfig(max_num_seqs, self.config.max_num_batched_tokens)
+        )
+        info = executor.info()
+        self.vocab_size = info.vocab_size
+        limits = [info.max_sequence_length, executor.kv_capacity(), self.config.max_model_len]
+        self.max_model_len = min(v for v in limits if v is not None)
+        self._requests: dict[str, Request] = {}
+        self._aborted: list[Request] = []
+        self.num_preemptions = 0
+
+    # --- requests -------------------------------------------------------------------
+    def add_request(
+        self,
+        prompt_token_ids: Sequence[int],
+        params: SamplingParams | None = None,
+        *,
+        prompt: str | None = None,
+        lora_request: LoRARequest | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        params = params or SamplingParams()
+        ids = tuple(int(t) for t in prompt_token_ids)
+        self._check_prompt(ids)
+        request_id = request_id if request_id is not None else f"req-{next(_ids)}"
+        if request_id in self._requests:
+            raise InvalidInputError(f"duplicate request id {request_id!r}")
+        if lora_request is not None and not self.capabilities.supports_lora:
+            raise UnsupportedError("this backend's executor does not support LoRA adapters")
+        request = Request.create(
+            request_id, ids, params, prompt=prompt, lora_request=lora_request,
+            decoder=self._detokenizer(), eos_token_ids=self.eos_token_ids,
+            max_model_len=self.max_model_len,
+        )
+        self._requests[request_id] = request
+        self.scheduler.add(request.seq)
+        return request_id
+
+    def _check_prompt(self, ids: tuple[int, ...]) -> None:
+        if not ids:
+            raise InvalidInputError("empty prompt: at least one token is needed")
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise InvalidInputError(
+                f"token id {bad[0]} is outside the vocabulary (size {self.vocab_size})"
+            )
+        if len(ids) >= self.max_model_len:
+            raise CapacityError(
+                f"prompt of {len(ids)} tokens leaves no room to generate"
+                f" (max_model_len {self.max_model_len})"
+            )
+        pool = self._pool_view()
+        if pool is not None and blocks_for(len(ids) + 1, pool.block_size) > pool.total_blocks:
+            raise CapacityError(
+                f"prompt of {len(ids)} tokens needs more KV blocks than the pool has"
+                f" ({pool.total_blocks} of {pool.block_size} tokens)"
+            )
+
+    def abort_request(self, request_id: str) -> None:
+        request = self._requests.get(request_id)
+        if request is None or request.finished:
+            return
+        self.scheduler.remove(request_id)
+        request.finish(FinishReason.ABORT)
+        self._release(request_id)
+        self._aborted.append(request)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished or bool(self._aborted)
+
+    def pop_output(self, request_id: str) -> RequestOutput:
+        """The final output of a finished request (and forget it)."""
+        request = self._requests[request_id]
+        if not request.finished:
+            raise InvalidInputError(f"request {request_id!r} has not finished")
+        del self._requests[request_id]
+        return request.output()
+
+    # --- one step -------------------------------------------------------------------
+    def step(self) -> list[StreamDelta]:
+        """Schedule and run one batch; returns a delta per request that moved."""
+        touched: list[Request] = self._aborted
+        self._aborted = []
+        pool = self._pool_view() if self.scheduler.waiting else None
+        chunks = self.scheduler.schedule(pool)
+        now = time.perf_counter()
+        for chunk in chunks:
+            self._requests[chunk.seq.request_id].mark_scheduled(now)
+        decoding: list[Request] = []
+        plain: list[ScheduledChunk] = []
+        for chunk in chunks:
+            if self.spec is not None and chunk.num_tokens == 1 and chunk.is_final:
+                decoding.append(self._requests[chunk.seq.request_id])
+            else:
+                plain.append(chunk)
+        ok = self._run_plain(plain, touched)
+        if ok and decoding and self.spec is not None:
+            touched.extend(self.spec.run(decoding, self._preempt))
+        for request in touched:
+            if request.finished:
+                self._retire(request)
+        seen: set[str] = set()
+        deltas = []
+        for request in touched:
+            if request.request_id not in seen:
+                seen.add(request.request_id)
+                deltas.append(request.take_delta())
+        return deltas
+
+    def _run_plain(self, chunks: list[ScheduledChunk], touched: list[Request]) -> bool:
+        if not chunks:
+            return True
+        works = [
+            Work(c.seq.request_id, c.seq.next_chunk(c.num_tokens), c.seq.num_computed,
+                 c.is_final, c.seq.metadata)
+            for c in chunks
+        ]
+        try:
+            rows = self.runner.run(works)
+        except KvPoolExhaustedError:
+            for work in works:
+                self.runner.truncate(work.key, work.pos, rollback=True)
+            self._preempt()
+            return False
+        for work, row in zip(works, rows, strict=True):
+            request = self._requests[work.key]
+            request.seq.num_computed = work.pos + len(work.tokens)
+            if row is not None and work.final:
+                request.sample(row)
+                touched.append(request)
+        return True
+
+    def _preempt(self) -> None:
+        running = self.scheduler.running
+        if len(running) <= 1:
+            # nothing else to evict: this one request cannot grow any further
+            lone = running[0] if running else None
+            if lone is None:
+                raise KvPoolExhaustedError("KV pool exhausted with no running request")
+            request = self._requests[lone.request_id]
+            if not lone.output_token_ids:
+                self.abort_request(lone.request_id)
+                raise KvPoolExhaustedError(
+                    f"request {lone.request_id}: {lone.num_tokens} tokens do not fit in the KV pool"
+                )
+            request.finish(FinishReason.LENGTH)
+            self._aborted.append(request)
+            self._retire(request)
+            return
+        victim = self.scheduler.preempt_newest()
+        if victim is not None:
+            self.num_preemptions += 1
+            self._release(victim.request_id)
+
+    def _retire(self, request: Request) -> None:
+        self.scheduler.finish(request.seq)
+        self._release(request.request_id)
+
+    def _release(self, request_id: str) -> None:
+        self.runner.release(request_id)
+        if self.draft_runner is not None:
+            self.draft_runner.release(request_id)
+
+    def _pool_view(self) -> PoolView | None:
+        prefix = self.config.enable_prefix_caching and self.capabilities.supports_prefix_caching
+        return PoolView.from_snapshot(self.runner.executor.cache_metrics_snapshot(), prefix)
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"num_preemptions": self.num_preemptions,
+                               "executor_calls": dict(self.runner.calls)}
+        if self.spec is not None:
+            out["spec_proposed_tokens"] = self.spec.proposed
+            out["spec_accepted_tokens"] = self.spec.accepted
+            out["spec_acceptance_rate"] = (
+                self.spec.accepted / self.spec.proposed if self.spec.proposed else None
+            )
+        return out
+
+    def shutdown(self) -> None:
+        for request_id in list(self._requests):
+            self.abort_request(request_id)
+        self._aborted.clear()

@@ -1,0 +1,162 @@
+"""Drive one executor through the protocol: unified batches, or prefill + batch_decode.
+
+The path is chosen by what the executor does, never by its name: the first
+``UnsupportedError`` from ``new_cache``/``unified_decode`` switches to the
+reference's prefill/batch_decode fallback for good. The runner keeps each
+sequence's KV handle, keyed by the engine's request id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from ferrum_core.errors import UnsupportedError
+from ferrum_core.protocol import (
+    DecodeInput,
+    KvCacheHandle,
+    ModelExecutor,
+    PrefillInput,
+    UnifiedBatch,
+    UnifiedBatchItem,
+)
+from ferrum_core.tensor import HostTensor, TensorRef
+
+__all__ = ["Work", "ExecutorRunner", "as_logits_row"]
+
+_NO_METADATA: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """Feed ``tokens`` to sequence ``key`` at position ``pos``; ``final`` asks for logits."""
+
+    key: str
+    tokens: tuple[int, ...]
+    pos: int
+    final: bool
+    metadata: Mapping[str, Any] = field(default_factory=lambda: _NO_METADATA)
+
+
+def as_logits_row(value: np.ndarray | TensorRef) -> np.ndarray:
+    array = value if isinstance(value, np.ndarray) else value.to_numpy()
+    row: np.ndarray = np.asarray(array, dtype=np.float32).reshape(-1, array.shape[-1])[-1]
+    return row
+
+
+def _ids(tokens: Sequence[int]) -> HostTensor:
+    return HostTensor(np.asarray([tokens], dtype=np.int64))
+
+
+class ExecutorRunner:
+    def __init__(self, executor: ModelExecutor) -> None:
+        self.executor = executor
+        self.unified: bool | None = None  # unknown until the first batch
+        self._handles: dict[str, KvCacheHandle] = {}
+        self.calls = {"unified": 0, "prefill": 0, "decode": 0}
+
+    @property
+    def live_keys(self) -> list[str]:
+        return list(self._handles)
+
+    def run(self, works: Sequence[Work]) -> list[np.ndarray | None]:
+        """One step's forwards; one logits row per final work, ``None`` for the others."""
+        if not works:
+            return []
+        if self.unified is not False:
+            try:
+                return self._run_unified(works)
+            except UnsupportedError:
+                if self.unified:
+                    raise
+                self.unified = False
+        return self._run_fallback(works)
+
+    def _handle_at(self, work: Work, create: bool) -> KvCacheHandle | None:
+        handle = self._handles.get(work.key)
+        if handle is None and create:
+            handle = self.executor.new_cache()
+            self._handles[work.key] = handle
+        return None if handle is None else handle.with_sequence_length(work.pos)
+
+    def _run_unified(self, works: Sequence[Work]) -> list[np.ndarray | None]:
+        items = []
+        for work in works:
+            handle = self._handle_at(work, create=True)
+            assert handle is not None
+            items.append(
+                UnifiedBatchItem(
+                    handle.cache_id, work.tokens, handle, work.pos, work.final, work.metadata
+                )
+            )
+        rows = self.executor.unified_decode(UnifiedBatch(tuple(items)))
+        self.unified = True
+        self.calls["unified"] += 1
+        for work, item in zip(works, items, strict=True):
+            self._handles[work.key] = item.kv_cache.with_sequence_length(
+                work.pos + len(work.tokens)
+            )
+        return [None if row is None else as_logits_row(row) for row in rows]
+
+    def _run_fallback(self, works: Sequence[Work]) -> list[np.ndarray | None]:
+        results: list[np.ndarray | None] = [None] * len(works)
+        decodes: list[int] = []
+        for i, work in enumerate(works):
+            if len(work.tokens) == 1 and work.final and work.key in self._handles:
+                decodes.append(i)
+                continue
+            handle = self._handle_at(work, create=False)
+            out = self.executor.prefill(PrefillInput(_ids(work.tokens), kv_cache=handle,
+                                                     metadata=work.metadata))
+            self.calls["prefill"] += 1
+            self._handles[work.key] = out.kv_cache
+            if work.final:
+                results[i] = as_logits_row(out.logits)
+        if decodes:
+            inputs = []
+            for i in decodes:
+                handle = self._handle_at(works[i], create=False)
+                assert handle is not None
+                inputs.append(DecodeInput(_ids(works[i].tokens), handle,
+                                          metadata=works[i].metadata))
+            self.calls["decode"] += 1
+            for i, decoded in zip(decodes, self.executor.batch_decode(inputs), strict=True):
+                self._handles[works[i].key] = decoded.kv_cache
+                results[i] = as_logits_row(decoded.logits)
+        return results
+
+    def decode_input(
+        self, key: str, token: int, pos: int, metadata: Mapping[str, Any]
+    ) -> DecodeInput:
+        """A one-token input on ``key``'s handle at ``pos`` (for ``forward_verify``)."""
+        handle = self._handles[key].with_sequence_length(pos)
+        return DecodeInput(_ids([token]), handle, metadata=metadata)
+
+    def set_handle(self, key: str, handle: KvCacheHandle) -> None:
+        self._handles[key] = handle
+
+    def truncate(self, key: str, length: int, *, rollback: bool = False) -> None:
+        """Roll ``key`` back to ``length`` positions.
+
+        ``rollback`` (after a failed call) asks the executor even when its handle
+        already says ``length``: a batch that failed half-way may have written KV
+        for some items without committing their handles.
+        """
+        handle = self._handles.get(key)
+        if handle is None or handle.sequence_length < length:
+            return
+        if handle.sequence_length > length or rollback:
+            self._handles[key] = self.executor.truncate_kv(handle, length)
+
+    def release(self, key: str) -> None:
+        handle = self._handles.pop(key, None)
+        if handle is not None:
+            self.executor.release_cache(handle.cache_id)
+
+    def release_all(self) -> None:
+        for key in list(self._handles):
+            self.release(key)
