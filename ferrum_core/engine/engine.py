@@ -193,9 +193,7 @@ class LLMEngine:
         ]
         try:
             rows = self.runner.run(works)
-        except KvPoolExhaustedError:
-            for work in works:
-                self.runner.truncate(work.key, work.pos, rollback=True)
+        except KvPoolExhaustedError:  # the executor has rolled every item back already
             self._preempt()
             return False
         for work, row in zip(works, rows, strict=True):

@@ -82,12 +82,7 @@ class SpeculativeStepper:
                 else:
                     tokens = (drafts[r.request_id][-1],)
                 works.append(Work(r.request_id, tokens, seq.draft_computed, True))
-            try:
-                rows = self.draft.run(works)
-            except KvPoolExhaustedError:
-                for work in works:
-                    self.draft.truncate(work.key, work.pos, rollback=True)
-                raise
+            rows = self.draft.run(works)  # on failure the executor rolls every item back
             for r, work, row in zip(active, works, rows, strict=True):
                 assert row is not None
                 r.seq.draft_computed = work.pos + len(work.tokens)
