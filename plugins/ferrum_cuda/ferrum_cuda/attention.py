@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from ferrum_cuda.cpu_kernels import CpuKernels
 from ferrum_cuda.workspace import DecodeWorkspace, WorkspaceStep
 
 __all__ = ["SeqSpan", "DecodeGroup", "ChunkSpan", "AttentionMetadata", "build_metadata", "attend"]
@@ -42,6 +43,8 @@ class DecodeGroup:
     width: int = 0  # L
     workspace: DecodeWorkspace | None = None
     step: WorkspaceStep | None = None
+    bounds: torch.Tensor | None = None  # [B, 2] columns each row attends to (fused kernel)
+    kernels: CpuKernels | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +77,12 @@ def build_metadata(
     sliding_window: int | None,
     device: torch.device,
     workspace: DecodeWorkspace | None = None,
+    kernels: CpuKernels | None = None,
 ) -> AttentionMetadata:
-    """Spans with ``rows == 1`` must come first (they form the decode group)."""
+    """Spans with ``rows == 1`` must come first (they form the decode group).
+
+    ``kernels``: the fused CPU kernels (fp32 on the CPU only) run the decode group.
+    """
     singles = [s for s in spans if s.rows == 1]
     if any(s.rows == 1 for s in spans[len(singles) :]):
         raise ValueError("single-row spans must precede longer chunks")
@@ -85,6 +92,12 @@ def build_metadata(
         decode = _decode_group(singles, block_size, sliding_window, device, step)
         if step is not None:
             decode = replace(decode, workspace=workspace, step=step)
+        if kernels is not None:
+            bounds = [
+                (max(0, s.length - sliding_window) if sliding_window else 0, s.length)
+                for s in singles
+            ]
+            decode = replace(decode, kernels=kernels, bounds=torch.tensor(bounds))
     chunks = []
     row = len(singles)
     for span in spans[len(singles) :]:
@@ -182,8 +195,10 @@ def _attend_decode(
     layer: int,
 ) -> torch.Tensor:
     """One query row per item; the group's query heads stand in for the query length."""
-    b, (_, heads, head_dim), kv_heads = decode.count, q.shape, cache[0].shape[1]
-    qd = q[:b].reshape(b, kv_heads, heads // kv_heads, head_dim)
+    b, (rows, heads, head_dim), kv_heads = decode.count, q.shape, cache[0].shape[1]
+    new_k, new_v = new_kv
+    if rows != b:
+        q, new_k, new_v = q[:b], new_k[:b], new_v[:b]
     gathered = None
     if decode.gather is not None:
         k = _gather(cache[0], decode.gather).transpose(1, 2)
@@ -191,8 +206,13 @@ def _attend_decode(
         gathered = (k, v)
     if decode.workspace is not None and decode.step is not None:
         k, v = decode.workspace.keys_values(
-            layer, decode.step, new_kv[0][:b], new_kv[1][:b], gathered, decode.width
+            layer, decode.step, new_k, new_v, gathered, decode.width, decode.kernels
         )
+    if decode.kernels is not None and decode.bounds is not None:
+        fused = decode.kernels.decode_attention(q, k, v, decode.bounds, scale)
+        if fused is not None:
+            return fused
+    qd = q.reshape(b, kv_heads, heads // kv_heads, head_dim)
     o = F.scaled_dot_product_attention(qd, k, v, attn_mask=decode.mask, scale=scale)
     return o.reshape(b, heads * head_dim)
 

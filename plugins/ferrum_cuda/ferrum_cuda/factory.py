@@ -59,7 +59,8 @@ class TorchExecutorFactory:
     ``executor_options``: ``threads`` (``torch.set_num_threads``),
     ``enable_prefix_caching`` (default on), ``prepack_weights`` (oneDNN-packed
     CPU GEMMs, default on), ``decode_workspace_mb`` (CPU decode workspace
-    budget, default 1024, 0 disables).
+    budget, default 1024, 0 disables), ``cpu_kernels`` (the fused fp32 CPU kernels of
+    :mod:`ferrum_cuda.cpu_kernels`, default on where a C compiler builds them).
     """
 
     def __init__(self, kind: Literal["cuda", "cpu"] = "cpu") -> None:
@@ -103,7 +104,7 @@ class TorchExecutorFactory:
                 raise InvalidInputError(
                     f"executor option {key!r} must be an int >= {least}, got {value!r}"
                 )
-        for key in ("enable_prefix_caching", "prepack_weights"):
+        for key in ("enable_prefix_caching", "prepack_weights", "cpu_kernels"):
             value = options.get(key)
             if value is not None and not isinstance(value, bool):
                 raise InvalidInputError(f"executor option {key!r} must be a bool, got {value!r}")
@@ -159,6 +160,7 @@ class TorchExecutorFactory:
             max_batch_size=config.max_batch_size,
             cuda_graphs=config.optimization_config.enable_cuda_graphs,
             workspace_bytes=int(options.get("decode_workspace_mb", DEFAULT_WORKSPACE_MB)) << 20,
+            fused_kernels=bool(options.get("cpu_kernels", True)),
         )
         return LlmExecutor(model, model_id=loaded.path.name, model_type=cfg.model_type)
 

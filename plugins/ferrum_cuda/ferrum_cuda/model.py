@@ -23,6 +23,7 @@ from ferrum_core.protocol.capabilities import AttentionType
 from ferrum_core.types import DataType
 from ferrum_cuda.attention import build_metadata
 from ferrum_cuda.batch import StepBatch, Work
+from ferrum_cuda.cpu_kernels import cpu_kernels
 from ferrum_cuda.cuda_graphs import DecodeGraphs
 from ferrum_cuda.layers import RopeTables
 from ferrum_cuda.lora import LoraBatch, LoraRegistry
@@ -56,6 +57,7 @@ class TorchDecoderLLM:
         max_batch_size: int = 256,
         cuda_graphs: bool = True,
         workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+        fused_kernels: bool = True,
     ) -> None:
         self.model_config = cfg
         self.dtype = dtype
@@ -75,7 +77,9 @@ class TorchDecoderLLM:
         )
         positions = min(cfg.max_model_len, self.manager.max_tokens_per_sequence)
         rope = RopeTables(inv_freq, positions, TORCH_DTYPES[dtype], device)
-        self.transformer = Transformer(cfg, weights, rope, self.pool)
+        fp32_cpu = device.type == "cpu" and dtype == DataType.FP32
+        self.kernels = cpu_kernels() if fp32_cpu and fused_kernels else None
+        self.transformer = Transformer(cfg, weights, rope, self.pool, self.kernels)
         self._group = cfg.num_attention_heads // cfg.num_key_value_heads
         self.lora = LoraRegistry(cfg, TORCH_DTYPES[dtype], device)
         self.workspace = None
@@ -264,6 +268,7 @@ class TorchDecoderLLM:
             sliding_window=self.model_config.sliding_window,
             device=device,
             workspace=self.workspace,
+            kernels=self.kernels,
         )
         rows = None
         if step.logit_rows != list(range(len(step.ids))):

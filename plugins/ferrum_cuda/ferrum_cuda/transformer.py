@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ferrum_core.models.config import ModelConfig
 from ferrum_cuda.attention import AttentionMetadata, attend
+from ferrum_cuda.cpu_kernels import CpuKernels
 from ferrum_cuda.layers import RopeTables, activation, apply_rope, rms_norm
 from ferrum_cuda.paged_cache import PagedKvPool
 from ferrum_cuda.weights import ModelWeights
@@ -36,7 +37,12 @@ def _head_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
 
 class Transformer:
     def __init__(
-        self, cfg: ModelConfig, weights: ModelWeights, rope: RopeTables, pool: PagedKvPool
+        self,
+        cfg: ModelConfig,
+        weights: ModelWeights,
+        rope: RopeTables,
+        pool: PagedKvPool,
+        kernels: CpuKernels | None = None,
     ) -> None:
         self.cfg = cfg
         self.weights = weights
@@ -44,6 +50,21 @@ class Transformer:
         self.pool = pool
         self.act = activation(cfg.hidden_act)
         self.scale = cfg.head_dim**-0.5
+        # The fused CPU kernels (fp32 only) where they cover the model's layer.
+        self.kernels = kernels
+        self._norm = kernels.rms_norm if kernels is not None else rms_norm
+        self._fused_rope = kernels is not None and not cfg.qk_norm
+        self._fused_act = kernels is not None and cfg.hidden_act in ("silu", "swish")
+        self._caches = [pool.layer(i) for i in range(cfg.num_hidden_layers)]
+
+    def _add_norm(
+        self, x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The residual stream after adding ``delta``, and its RMSNorm."""
+        if self.kernels is not None:  # one pass, updating x (this forward's own) in place
+            return x, self.kernels.add_rms_norm(x, delta, weight, self.cfg.rms_norm_eps)
+        x = x + delta
+        return x, rms_norm(x, weight, self.cfg.rms_norm_eps)
 
     def forward(
         self,
@@ -59,36 +80,51 @@ class Transformer:
         nh, nkv, inter = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size
         rows = ids.shape[0]
         x = F.embedding(ids, w.embed)
-        cos, sin = self.rope.gather(positions)
+        kernels, norm = self.kernels, self._norm
+        cos, sin = (None, None) if self._fused_rope else self.rope.gather(positions)
+        h = norm(x, w.layers[0].input_norm, eps)
         for index, lw in enumerate(w.layers):
-            h = rms_norm(x, lw.input_norm, eps)
             qkv = lw.qkv(h)
             if lora is not None:
                 lora.apply(index, "qkv", h, qkv)
-            qkv = qkv.view(rows, nh + 2 * nkv, hd)
-            qk = qkv[:, : nh + nkv]
-            if lw.qk_norm is not None:
-                qk = _head_rms_norm(qk, lw.qk_norm, eps)
-            qk = apply_rope(qk, cos, sin)
-            k, v = qk[:, nh:], qkv[:, nh + nkv :]
-            cache = self.pool.layer(index)
-            cache[0].index_copy_(0, meta.slot_mapping, k)
-            cache[1].index_copy_(0, meta.slot_mapping, v)
+            cache = self._caches[index]
+            if self._fused_rope:
+                assert kernels is not None
+                kernels.rope_store(qkv, nh, nkv, self.rope.cos, self.rope.sin, positions,
+                                   meta.slot_mapping, cache[0], cache[1])  # fmt: skip
+                qk = qkv.view(rows, nh + 2 * nkv, hd)
+                k, v = qk[:, nh : nh + nkv], qk[:, nh + nkv :]
+            else:
+                qkv = qkv.view(rows, nh + 2 * nkv, hd)
+                qk = qkv[:, : nh + nkv]
+                if lw.qk_norm is not None:
+                    qk = _head_rms_norm(qk, lw.qk_norm, eps)
+                assert cos is not None and sin is not None
+                qk = apply_rope(qk, cos, sin)
+                k, v = qk[:, nh:], qkv[:, nh + nkv :]
+                cache[0].index_copy_(0, meta.slot_mapping, k)
+                cache[1].index_copy_(0, meta.slot_mapping, v)
             attn = attend(qk[:, :nh], (k, v), cache, meta, self.scale, index)
             o = lw.o(attn)
             if lora is not None:
                 lora.apply(index, "o", attn, o)
-            x = x + o
-            h = rms_norm(x, lw.post_norm, eps)
+            x, h = self._add_norm(x, o, lw.post_norm)
             gate_up = lw.gate_up(h)
             if lora is not None:
                 lora.apply(index, "gate_up", h, gate_up)
-            a = self.act(gate_up[:, :inter]) * gate_up[:, inter:]
+            if self._fused_act:
+                assert kernels is not None
+                a = kernels.silu_mul(gate_up)
+            else:
+                a = self.act(gate_up[:, :inter]) * gate_up[:, inter:]
             down = lw.down(a)
             if lora is not None:
                 lora.apply(index, "down", a, down)
-            x = x + down
+            if index + 1 < len(w.layers):
+                x, h = self._add_norm(x, down, w.layers[index + 1].input_norm)
+            else:
+                x = x + down
         if logit_rows is not None:
             x = x.index_select(0, logit_rows)
-        x = rms_norm(x, w.final_norm, eps)
+        x = norm(x, w.final_norm, eps)
         return w.lm_head(x).float()

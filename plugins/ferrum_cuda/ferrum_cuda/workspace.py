@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ferrum_cuda.cpu_kernels import CpuKernels
+
 __all__ = ["WorkspaceStep", "DecodeWorkspace"]
 
 _HEADROOM = 128  # extra key columns allocated so that decoding does not regrow every step
@@ -101,6 +103,7 @@ class DecodeWorkspace:
         new_v: torch.Tensor,
         gathered: tuple[torch.Tensor, torch.Tensor] | None,
         width: int,
+        kernels: CpuKernels | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, kv_heads, width, head_dim]`` K and V after adding this step's tokens.
 
@@ -111,8 +114,9 @@ class DecodeWorkspace:
         batch = step.rows.shape[0]
         k, v = self._k[layer, :batch], self._v[layer, :batch]
         if step.reuse:
-            k[step.rows, :, step.cols] = new_k
-            v[step.rows, :, step.cols] = new_v
+            if kernels is None or not kernels.store_columns(new_k, new_v, k, v, step.cols):
+                k[step.rows, :, step.cols] = new_k
+                v[step.rows, :, step.cols] = new_v
         else:
             assert gathered is not None
             k[:, :, :width].copy_(gathered[0])

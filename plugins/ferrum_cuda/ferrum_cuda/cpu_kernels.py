@@ -1,0 +1,261 @@
+"""Fused fp32 CPU kernels for the decode path, compiled once with the system C compiler.
+
+A decode step for a handful of sequences is made of tiny tensors: outside the
+GEMMs, every torch op costs more in dispatch than in arithmetic, and the
+small-query attention is far from the machine's speed in SDPA or in the
+batched GEMMs (MKL's slow path on AMD parts). These kernels do RMSNorm,
+rotary embedding + KV store, single-query attention and SiLU-gating in one
+call each. They are plain C (OpenMP from the libgomp torch already loaded),
+built on first use into ``$FERRUM_HOME/kernels`` keyed by the source's hash,
+checked against the torch ops once, and skipped silently when no compiler is
+found, the build fails or the check disagrees: the torch path stays the
+reference. ``FERRUM_CPU_KERNELS=0`` turns them off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ferrum_cuda.cpu_kernels_src import SOURCE as _SOURCE
+
+__all__ = ["CpuKernels", "cpu_kernels"]
+
+# No -ffast-math: only what torch's own build allows (vectorised floor needs no traps).
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
+          "-shared", "-fPIC"]  # fmt: skip
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+_F = ctypes.c_float
+_SIGNATURES = {
+    "ferrum_rms_norm": [_P, _P, _P, _I, _I, _F],
+    "ferrum_add_rms_norm": [_P, _P, _P, _P, _I, _I, _F],
+    "ferrum_silu_mul": [_P, _P, _I, _I],
+    "ferrum_rope_store": [_P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P],
+    "ferrum_store_columns": [_P, _P, _I, _P, _P, _I, _I, _I, _P, _I, _I, _I],
+    "ferrum_decode_attention": [_P, _I, _P, _P, _I, _I, _I, _P, _P, _P, _I, _I, _I, _I, _I, _F],
+}
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("FERRUM_HOME") or "~/.cache/ferrum").expanduser() / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next((line for line in handle if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return platform.processor()
+
+
+def _build() -> ctypes.CDLL | None:
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None:
+        return None
+    # -march=native: a FERRUM_HOME shared between machines must not mix their builds.
+    key = "\n".join([_SOURCE, " ".join(_FLAGS), compiler, platform.machine(), _cpu_flags()])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    target = _cache_dir() / f"ferrum_cpu_{digest}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            src = Path(tmp) / "kernels.c"
+            src.write_text(_SOURCE)
+            out = Path(tmp) / "kernels.so"
+            done = subprocess.run(
+                [compiler, *_FLAGS, str(src), "-o", str(out)],
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+            if done.returncode != 0:
+                return None
+            os.replace(out, target)  # atomic: concurrent builders agree on the result
+    # libgomp.so.1 resolves to the copy torch already loaded: one OpenMP runtime.
+    lib = ctypes.CDLL(str(target))
+    for name, argtypes in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, None
+    return lib
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return int(t.data_ptr())
+
+
+class CpuKernels:
+    """Typed wrappers; every tensor is float32 (int64 for indices) on the CPU."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._lib = lib
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        x = x.contiguous()
+        out = torch.empty_like(x)
+        n = x.shape[-1]
+        self._lib.ferrum_rms_norm(_ptr(x), _ptr(weight), _ptr(out), x.numel() // n, n, eps)
+        return out
+
+    def add_rms_norm(
+        self, x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> torch.Tensor:
+        """``x += delta`` in place (both contiguous ``[T, n]``); returns ``rms_norm(x)``."""
+        if not (x.is_contiguous() and delta.is_contiguous() and x.shape == delta.shape):
+            raise ValueError("add_rms_norm: x and delta must be contiguous and alike")
+        out = torch.empty_like(x)
+        n = x.shape[-1]
+        self._lib.ferrum_add_rms_norm(
+            _ptr(x), _ptr(delta), _ptr(weight), _ptr(out), x.numel() // n, n, eps
+        )
+        return out
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        rows, width = gate_up.shape
+        out = gate_up.new_empty(rows, width // 2)
+        self._lib.ferrum_silu_mul(_ptr(gate_up), _ptr(out), rows, width // 2)
+        return out
+
+    def rope_store(
+        self,
+        qkv: torch.Tensor,
+        heads: int,
+        kv_heads: int,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        k_pool: torch.Tensor,
+        v_pool: torch.Tensor,
+    ) -> None:
+        """Rotate ``qkv`` ``[T, (heads + 2 kv_heads) * d]`` in place, store K/V at ``slots``."""
+        d = cos.shape[-1]
+        rows = qkv.shape[0]
+        if not (
+            qkv.is_contiguous()
+            and qkv.shape[1] == (heads + 2 * kv_heads) * d
+            and positions.shape == slots.shape == (rows,)
+            and k_pool.shape[1:] == v_pool.shape[1:] == (kv_heads, d)
+        ):
+            raise ValueError("rope_store: shapes do not match the fused layout")
+        self._lib.ferrum_rope_store(
+            _ptr(qkv), qkv.shape[0], heads, kv_heads, d, _ptr(cos), _ptr(sin),
+            _ptr(positions), _ptr(slots), _ptr(k_pool), _ptr(v_pool),
+        )  # fmt: skip
+
+    def store_columns(
+        self,
+        new_k: torch.Tensor,
+        new_v: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cols: torch.Tensor,
+    ) -> bool:
+        """``k[b, :, cols[b]] = new_k[b]`` (and V); ``False`` (nothing done) unless ``new_*``
+        ``[B, kv_heads, d]`` share row strides with contiguous heads and ``k``/``v``
+        ``[B, kv_heads, L, d]`` share strides with a contiguous last dim."""
+        batch, kv_heads, d = new_k.shape
+        if not (_same_rows(new_k, new_v) and _same_rows(k, v)):
+            return False
+        sb, sh, sl, _ = k.stride()
+        self._lib.ferrum_store_columns(
+            _ptr(new_k), _ptr(new_v), new_k.stride(0), _ptr(k), _ptr(v), sb, sh, sl,
+            _ptr(cols), batch, kv_heads, d,
+        )  # fmt: skip
+        return True
+
+    def decode_attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        bounds: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor | None:
+        """``q`` ``[B, heads, d]`` (rows may be strided), ``k``/``v`` ``[B, kv_heads, L, d]``
+        with equal strides and a contiguous last dim, ``bounds`` ``[B, 2]``: the columns
+        each row attends to. Returns ``[B, heads * d]``, or ``None`` for other layouts."""
+        batch, heads, d = q.shape
+        kv_heads, width = k.shape[1], k.shape[2]
+        if not (_same_rows(q, q) and _same_rows(k, v)):
+            return None
+        group = heads // kv_heads
+        out = q.new_empty(batch, heads * d)
+        scratch = q.new_empty(batch * kv_heads * max(width, 1))
+        sb, sh, sl, _ = k.stride()
+        self._lib.ferrum_decode_attention(
+            _ptr(q), q.stride(0), _ptr(k), _ptr(v), sb, sh, sl, _ptr(bounds), _ptr(out),
+            _ptr(scratch), width, batch, kv_heads, group, d, scale,
+        )  # fmt: skip
+        return out
+
+
+def _same_rows(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shapes and strides, contiguous last dim, heads packed (dim -2 stride = d)."""
+    return (
+        a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.stride(-1) == 1
+        and (a.dim() != 3 or a.stride(1) == a.shape[2])
+    )
+
+
+_LOADED: list[CpuKernels | None] = []
+
+
+def cpu_kernels() -> CpuKernels | None:
+    """The compiled kernels, or ``None`` (no compiler, disabled, or failed the check)."""
+    if not _LOADED:
+        kernels = None
+        if os.environ.get("FERRUM_CPU_KERNELS", "1") != "0":
+            try:
+                lib = _build()
+            except (OSError, subprocess.SubprocessError):
+                lib = None
+            if lib is not None:
+                kernels = CpuKernels(lib)
+                if not _self_check(kernels):
+                    kernels = None
+        _LOADED.append(kernels)
+    return _LOADED[0]
+
+
+def _self_check(kernels: CpuKernels) -> bool:
+    """Compare every kernel with the torch ops it replaces on a small random case."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        x = torch.randn(5, 40, generator=gen)
+        w = torch.randn(40, generator=gen)
+        ok = torch.allclose(kernels.rms_norm(x, w, 1e-5), F.rms_norm(x, (40,), w, 1e-5),
+                            atol=1e-5)  # fmt: skip
+        x2, delta = x.clone(), torch.randn(5, 40, generator=gen)
+        normed = kernels.add_rms_norm(x2, delta, w, 1e-5)
+        ok &= torch.allclose(x2, x + delta) and torch.allclose(
+            normed, F.rms_norm(x + delta, (40,), w, 1e-5), atol=1e-5
+        )
+        gu = torch.randn(5, 64, generator=gen) * 4
+        ok &= torch.allclose(kernels.silu_mul(gu), F.silu(gu[:, :32]) * gu[:, 32:], atol=1e-5)
+        for d, width in ((8, 16), (64, 40)):  # the generic and the unrolled head dims
+            q = torch.randn(3, 6, d, generator=gen)
+            k = torch.randn(3, 2, width, d, generator=gen)
+            v = torch.randn(3, 2, width, d, generator=gen)
+            bounds = torch.tensor([[0, width], [2, width - 3], [0, 1]])
+            pos = torch.arange(width)
+            mask = (pos >= bounds[:, :1]) & (pos < bounds[:, 1:])
+            want = F.scaled_dot_product_attention(
+                q.view(3, 2, 3, d), k, v, attn_mask=mask[:, None, None, :], scale=0.3
+            ).reshape(3, 6 * d)
+            got = kernels.decode_attention(q, k, v, bounds, 0.3)
+            ok &= got is not None and torch.allclose(got, want, atol=1e-5)
+    return bool(ok)

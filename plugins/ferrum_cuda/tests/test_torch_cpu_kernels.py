@@ -1,0 +1,72 @@
+"""The fused fp32 CPU kernels against the torch ops they replace (skipped without a C compiler)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from ferrum_cuda.cpu_kernels import CpuKernels, cpu_kernels
+from ferrum_cuda.layers import RopeTables, apply_rope
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def kernels() -> CpuKernels:
+    found = cpu_kernels()
+    if found is None:
+        pytest.skip("no C compiler (or FERRUM_CPU_KERNELS=0): the torch path runs instead")
+    return found
+
+
+@pytest.mark.parametrize("head_dim", [16, 24, 64, 128])
+@pytest.mark.parametrize("width", [1, 15, 16, 37, 70])
+def test_decode_attention_matches_sdpa(kernels: CpuKernels, head_dim: int, width: int) -> None:
+    gen = torch.Generator().manual_seed(width * 1000 + head_dim)
+    batch, kv_heads, group = 4, 2, 3
+    q = torch.randn(batch, kv_heads * group + 2, head_dim, generator=gen)[:, : kv_heads * group]
+    store = torch.randn(batch, kv_heads, width + 9, head_dim, generator=gen)
+    k, v = store[:, :, :width], torch.randn_like(store)[:, :, :width]
+    lo = torch.tensor([0, min(3, width - 1), 0, max(0, width - 5)])
+    hi = torch.tensor([width, width, 1, width])
+    bounds = torch.stack([lo, hi], 1)
+    pos = torch.arange(width)
+    mask = (pos >= lo[:, None]) & (pos < hi[:, None])
+    want = F.scaled_dot_product_attention(
+        q.reshape(batch, kv_heads, group, head_dim), k, v, attn_mask=mask[:, None, None], scale=0.2
+    ).reshape(batch, -1)
+    got = kernels.decode_attention(q, k, v, bounds, 0.2)
+    assert got is not None
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+def test_norms_and_gating_match_torch(kernels: CpuKernels) -> None:
+    gen = torch.Generator().manual_seed(1)
+    x, delta, w = (torch.randn(7, 576, generator=gen) for _ in range(3))
+    torch.testing.assert_close(kernels.rms_norm(x, w[0], 1e-5), F.rms_norm(x, (576,), w[0], 1e-5))
+    residual = x.clone()
+    normed = kernels.add_rms_norm(residual, delta, w[0], 1e-6)
+    torch.testing.assert_close(residual, x + delta)
+    torch.testing.assert_close(normed, F.rms_norm(x + delta, (576,), w[0], 1e-6))
+    gate_up = torch.randn(7, 2 * 1536, generator=gen) * 6
+    want = F.silu(gate_up[:, :1536]) * gate_up[:, 1536:]
+    torch.testing.assert_close(kernels.silu_mul(gate_up), want, atol=ATOL, rtol=1e-5)
+
+
+def test_rope_store_matches_apply_rope(kernels: CpuKernels) -> None:
+    gen = torch.Generator().manual_seed(2)
+    heads, kv_heads, d, rows = 6, 2, 64, 5
+    rope = RopeTables(1.0 / 10000 ** (torch.arange(0, d, 2) / d).numpy(), 64, torch.float32,
+                      torch.device("cpu"))  # fmt: skip
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * d, generator=gen)
+    positions = torch.tensor([0, 5, 17, 63, 9])
+    slots = torch.tensor([3, 0, 11, 7, 1])
+    k_pool, v_pool = torch.zeros(12, kv_heads, d), torch.zeros(12, kv_heads, d)
+    heads3 = qkv.view(rows, -1, d)
+    cos, sin = rope.gather(positions)
+    want = apply_rope(heads3[:, : heads + kv_heads], cos, sin)
+    v_want = heads3[:, heads + kv_heads :].clone()
+    kernels.rope_store(qkv, heads, kv_heads, rope.cos, rope.sin, positions, slots, k_pool, v_pool)
+    torch.testing.assert_close(heads3[:, : heads + kv_heads], want, atol=ATOL, rtol=0)
+    torch.testing.assert_close(k_pool[slots], want[:, heads:], atol=ATOL, rtol=0)
+    torch.testing.assert_close(v_pool[slots], v_want)
