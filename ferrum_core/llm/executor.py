@@ -28,7 +28,6 @@ from ferrum_core.llm.metadata import ProfileFlags
 from ferrum_core.llm.session import ModelSession
 from ferrum_core.protocol.capabilities import (
     ExecutorCapabilities,
-    ExecutorMemoryUsage,
     ExecutorMetrics,
     ExecutorState,
     ExecutorStatus,
@@ -267,27 +266,7 @@ class LlmExecutor(ModelExecutor):
         return capabilities_for(self._cfg, self.kv_capacity(), native)
 
     def status(self) -> ExecutorStatus:
-        allocated, used = self._model.memory_usage_bytes()
-        avg_prefill, avg_decode = self._stats.averages()
-        state = self._state
-        if state == ExecutorState.READY and self._stats.in_flight > 0:
-            state = ExecutorState.BUSY
-        return ExecutorStatus(
-            state=state,
-            is_ready=state in (ExecutorState.READY, ExecutorState.BUSY),
-            current_batch_size=self._stats.current_batch_size,
-            prefill_operations=self._stats.prefill_operations,
-            decode_operations=self._stats.decode_operations,
-            avg_prefill_time_ms=avg_prefill,
-            avg_decode_time_ms=avg_decode,
-            memory_usage=ExecutorMemoryUsage(
-                allocated_bytes=allocated,
-                used_bytes=used,
-                peak_bytes=max(allocated, used),
-                utilization_percent=100.0 * used / allocated if allocated else 0.0,
-            ),
-            last_operation_unix_s=self._stats.last_operation_unix_s,
-        )
+        return self._stats.status(self._state, *self._model.memory_usage_bytes())
 
     def metrics(self) -> ExecutorMetrics:
         allocated, used = self._model.memory_usage_bytes()

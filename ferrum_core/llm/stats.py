@@ -8,7 +8,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ferrum_core.protocol.capabilities import ExecutorMetrics
+from ferrum_core.protocol.capabilities import (
+    ExecutorMemoryUsage,
+    ExecutorMetrics,
+    ExecutorState,
+    ExecutorStatus,
+)
 
 __all__ = ["ExecutorStats"]
 
@@ -111,4 +116,27 @@ class ExecutorStats:
                 ),
                 memory_efficiency=memory_efficiency,
                 batch_utilization=0.0,
+            )
+
+    def status(self, state: ExecutorState, allocated: int, used: int) -> ExecutorStatus:
+        """The executor's status; a READY executor with a call in flight is BUSY."""
+        avg_prefill, avg_decode = self.averages()
+        with self._lock:
+            if state == ExecutorState.READY and self.in_flight > 0:
+                state = ExecutorState.BUSY
+            return ExecutorStatus(
+                state=state,
+                is_ready=state in (ExecutorState.READY, ExecutorState.BUSY),
+                current_batch_size=self.current_batch_size,
+                prefill_operations=self.prefill_operations,
+                decode_operations=self.decode_operations,
+                avg_prefill_time_ms=avg_prefill,
+                avg_decode_time_ms=avg_decode,
+                memory_usage=ExecutorMemoryUsage(
+                    allocated_bytes=allocated,
+                    used_bytes=used,
+                    peak_bytes=max(allocated, used),
+                    utilization_percent=100.0 * used / allocated if allocated else 0.0,
+                ),
+                last_operation_unix_s=self.last_operation_unix_s,
             )

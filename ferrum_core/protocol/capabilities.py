@@ -29,12 +29,14 @@ class AttentionType(StrEnum):
 
 
 class MemoryRequirements(BaseModel):
+    """Memory estimate; all zero (unknown) until a model is loaded."""
+
     model_config = ConfigDict(frozen=True)
 
-    parameter_memory: int = Field(ge=0)
-    activation_memory_per_token: int = Field(ge=0)
-    kv_cache_memory_per_token: int = Field(ge=0, description="per token per layer")
-    overhead_memory: int = Field(ge=0)
+    parameter_memory: int = Field(default=0, ge=0)
+    activation_memory_per_token: int = Field(default=0, ge=0)
+    kv_cache_memory_per_token: int = Field(default=0, ge=0, description="per token per layer")
+    overhead_memory: int = Field(default=0, ge=0)
 
     def calculate_total_memory(
         self, batch_size: int, sequence_length: int, num_layers: int
@@ -59,7 +61,7 @@ class ExecutorCapabilities(BaseModel):
     supports_pipeline_parallelism: bool = False
     supported_dtypes: tuple[DataType, ...]
     supported_devices: tuple[Device, ...]
-    memory_requirements: MemoryRequirements
+    memory_requirements: MemoryRequirements = Field(default_factory=MemoryRequirements)
     # Ferrum additions (not in the reference trait).
     supports_native_unified_decode: bool = False
     supports_lora: bool = False

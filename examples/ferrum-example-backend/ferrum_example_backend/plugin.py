@@ -16,7 +16,6 @@ from ferrum_core.hookspecs import hookimpl
 from ferrum_core.protocol.capabilities import (
     AttentionType,
     ExecutorCapabilities,
-    MemoryRequirements,
 )
 from ferrum_core.types import DataType
 
@@ -41,12 +40,6 @@ CAPABILITIES = ExecutorCapabilities(
     supports_speculative_decoding=True,
     supported_dtypes=(DataType.FP32,),
     supported_devices=("cpu",),
-    memory_requirements=MemoryRequirements(
-        parameter_memory=0,
-        activation_memory_per_token=0,
-        kv_cache_memory_per_token=0,
-        overhead_memory=0,
-    ),
     supports_native_unified_decode=False,
     supports_lora=False,
     supports_prefix_caching=False,

@@ -13,7 +13,6 @@ from ferrum_core.hookspecs import hookimpl
 from ferrum_core.protocol.capabilities import (
     AttentionType,
     ExecutorCapabilities,
-    MemoryRequirements,
 )
 from ferrum_core.types import DataType
 from ferrum_cuda.probe import probe_cuda, probe_torch
@@ -48,12 +47,6 @@ def static_capabilities(device: str) -> ExecutorCapabilities:
         supports_speculative_decoding=True,
         supported_dtypes=(DataType.FP32, DataType.FP16, DataType.BF16),
         supported_devices=(device,),
-        memory_requirements=MemoryRequirements(
-            parameter_memory=0,
-            activation_memory_per_token=0,
-            kv_cache_memory_per_token=0,
-            overhead_memory=0,
-        ),
         supports_native_unified_decode=True,
         supports_lora=True,
         supports_prefix_caching=True,
