@@ -5,11 +5,12 @@ GEMMs, every torch op costs more in dispatch than in arithmetic, and the
 small-query attention is far from the machine's speed in SDPA or in the
 batched GEMMs (MKL's slow path on AMD parts). These kernels do RMSNorm,
 rotary embedding + KV store, single-query attention and SiLU-gating in one
-call each. They are plain C (OpenMP from the libgomp torch already loaded),
-built on first use into ``$FERRUM_HOME/kernels`` keyed by the source's hash,
-checked against the torch ops once, and skipped silently when no compiler is
-found, the build fails or the check disagrees: the torch path stays the
-reference. ``FERRUM_CPU_KERNELS=0`` turns them off.
+call each; a small-M GEMM on weights packed in 16-column panels serves the
+linears (see :mod:`ferrum_cuda.linear`). They are plain C (OpenMP from the
+libgomp torch already loaded), built on first use into ``$FERRUM_HOME/kernels``
+keyed by the source's hash, checked against the torch ops once, and skipped
+silently when no compiler is found, the build fails or the check disagrees:
+the torch path stays the reference. ``FERRUM_CPU_KERNELS=0`` turns them off.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 
 from ferrum_cuda.cpu_kernels_src import SOURCE as _SOURCE
 
-__all__ = ["CpuKernels", "cpu_kernels"]
+__all__ = ["CpuKernels", "cpu_kernels", "has_avx512"]
 
 # No -ffast-math: only what torch's own build allows (vectorised floor needs no traps).
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
@@ -43,6 +44,8 @@ _SIGNATURES = {
     "ferrum_rope_store": [_P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P],
     "ferrum_store_columns": [_P, _P, _I, _P, _P, _I, _I, _I, _P, _I, _I, _I],
     "ferrum_decode_attention": [_P, _I, _P, _P, _I, _I, _I, _P, _P, _P, _I, _I, _I, _I, _I, _F],
+    "ferrum_pack_panels": [_P, _P, _I, _I],
+    "ferrum_panel_gemm": [_P, _I, _P, _P, _P, _I, _I, _I, _I],
 }
 
 
@@ -56,6 +59,11 @@ def _cpu_flags() -> str:
             return next((line for line in handle if line.startswith(("flags", "Features"))), "")
     except OSError:
         return platform.processor()
+
+
+def has_avx512() -> bool:
+    """32 vector registers of 16 floats: what the panel GEMM's register tiles assume."""
+    return " avx512f" in _cpu_flags()
 
 
 def _build() -> ctypes.CDLL | None:
@@ -198,6 +206,31 @@ class CpuKernels:
         )  # fmt: skip
         return out
 
+    def pack_panels(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` ``[n, k]`` as 16-column panels ``[ceil(n / 16), k, 16]`` (zero padded)."""
+        n, k = weight.shape
+        weight = weight.contiguous()
+        out = weight.new_empty((n + 15) // 16, k, 16)
+        self._lib.ferrum_pack_panels(_ptr(weight), _ptr(out), n, k)
+        return out
+
+    def panel_linear(
+        self, x: torch.Tensor, panels: torch.Tensor, n: int, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``x @ weight.T + bias`` for 2-D ``x`` and ``panels = pack_panels(weight)``."""
+        if x.stride(-1) != 1 or x.stride(0) < x.shape[1]:
+            x = x.contiguous()
+        rows, k = x.shape
+        if panels.shape[1] != k:
+            raise ValueError("panel_linear: x and the packed weight disagree on k")
+        out = x.new_empty(rows, n)
+        if rows:
+            self._lib.ferrum_panel_gemm(
+                _ptr(x), x.stride(0), _ptr(panels), None if bias is None else _ptr(bias),
+                _ptr(out), n, rows, n, k,
+            )  # fmt: skip
+        return out
+
 
 def _same_rows(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal shapes and strides, contiguous last dim, heads packed (dim -2 stride = d)."""
@@ -258,4 +291,10 @@ def _self_check(kernels: CpuKernels) -> bool:
             ).reshape(3, 6 * d)
             got = kernels.decode_attention(q, k, v, bounds, 0.3)
             ok &= got is not None and torch.allclose(got, want, atol=1e-5)
+        w, b = torch.randn(37, 21, generator=gen), torch.randn(37, generator=gen)
+        panels = kernels.pack_panels(w)
+        for rows in (1, 5, 8, 13, 16, 19):  # every tile shape, and more rows than one tile
+            x = torch.randn(rows, 21, generator=gen)
+            ok &= torch.allclose(kernels.panel_linear(x, panels, 37, b), F.linear(x, w, b),
+                                 atol=1e-4)  # fmt: skip
     return bool(ok)

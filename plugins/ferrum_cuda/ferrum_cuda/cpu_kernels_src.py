@@ -4,9 +4,11 @@ Plain C99 plus GCC vector extensions and OpenMP pragmas: built with ``-O3
 -march=native``, never ``-ffast-math``; exp is a vectorisable polynomial.
 """
 
+from ferrum_cuda.cpu_gemm_src import GEMM_SOURCE
+
 __all__ = ["SOURCE"]
 
-SOURCE = r"""
+_BASE = r"""
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -241,3 +243,6 @@ void ferrum_decode_attention(const float* q, int64_t qsb, const float* k, const 
     }
 }
 """
+
+
+SOURCE = _BASE + GEMM_SOURCE

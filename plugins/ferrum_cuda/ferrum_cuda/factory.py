@@ -137,6 +137,7 @@ class TorchExecutorFactory:
                 config.dtype,
                 device,
                 prepack=bool(options.get("prepack_weights", True)),
+                fused_kernels=bool(options.get("cpu_kernels", True)),
             )
         finally:
             loaded.weights.close()

@@ -1,20 +1,35 @@
-"""Linear layers, prepacked for oneDNN on the CPU.
+"""Linear layers, prepacked for oneDNN or for the small-M panel GEMM on the CPU.
 
 On x86 CPUs oneDNN's GEMM on a weight reordered once at load time is several
 times faster than the default MKL call for the skinny ``[rows, hidden]``
 shapes of decoding, and never slower in our measurements, on AMD as well as
 Intel parts. The packed path is checked against ``F.linear`` once at load
 and silently falls back when the build lacks it or disagrees.
+
+For fp32 weights loaded under :func:`use_panel_kernels` (the model does so
+when its fused CPU kernels are on), the weight is instead packed into the
+16-column panels of :meth:`CpuKernels.panel_linear`, which streams the
+weights faster than oneDNN at decode's 1-16 rows and runs about as fast at
+a few dozen; it then serves every row count (one packed copy only).
+``FERRUM_CPU_GEMM=0`` (or a CPU without AVX-512) keeps oneDNN.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Linear", "onednn_available"]
+from ferrum_cuda.cpu_kernels import CpuKernels, has_avx512
+
+__all__ = ["Linear", "onednn_available", "panel_gemm_enabled", "use_panel_kernels"]
 
 _PACK_ROWS_HINT = 64  # the reorder is tuned for this many rows; any count works
+_PANELS: ContextVar[CpuKernels | None] = ContextVar("ferrum_panel_kernels", default=None)
 
 
 def onednn_available() -> bool:
@@ -25,10 +40,25 @@ def onednn_available() -> bool:
     )
 
 
+def panel_gemm_enabled() -> bool:
+    """Without AVX-512 the tiles would spill (16 vector registers): oneDNN stays."""
+    return os.environ.get("FERRUM_CPU_GEMM", "1") != "0" and has_avx512()
+
+
+@contextmanager
+def use_panel_kernels(kernels: CpuKernels | None) -> Iterator[None]:
+    """Linears prepacked inside this block use ``kernels``' panel GEMM (fp32 CPU only)."""
+    token = _PANELS.set(kernels if panel_gemm_enabled() else None)
+    try:
+        yield
+    finally:
+        _PANELS.reset(token)
+
+
 class Linear:
     """``y = x @ weight.T + bias`` for 2-D ``x``."""
 
-    __slots__ = ("bias", "in_features", "out_features", "packed", "weight")
+    __slots__ = ("bias", "in_features", "kernels", "out_features", "packed", "weight")
 
     def __init__(
         self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, prepack: bool = False
@@ -37,7 +67,15 @@ class Linear:
         self.weight: torch.Tensor | None = weight
         self.bias = bias
         self.packed: torch.Tensor | None = None
-        if prepack and weight.device.type == "cpu" and onednn_available():
+        self.kernels: CpuKernels | None = None  # set when ``packed`` holds panels
+        cpu = weight.device.type == "cpu"
+        panels = _PANELS.get()
+        if prepack and cpu and panels is not None and weight.dtype == torch.float32:
+            self.packed = panels.pack_panels(weight)
+            self.kernels = panels
+            self.bias = None if bias is None else bias.contiguous()
+            self.weight = None
+        elif prepack and cpu and onednn_available():
             self.packed = _pack(weight, bias)
             if self.packed is not None:
                 self.weight = None  # the packed copy replaces it
@@ -49,6 +87,8 @@ class Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
+            if self.kernels is not None:
+                return self.kernels.panel_linear(x, self.packed, self.out_features, self.bias)
             out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
                 x, self.packed, self.bias, "none", [], ""
             )

@@ -26,6 +26,7 @@ from ferrum_cuda.batch import StepBatch, Work
 from ferrum_cuda.cpu_kernels import cpu_kernels
 from ferrum_cuda.cuda_graphs import DecodeGraphs
 from ferrum_cuda.layers import RopeTables
+from ferrum_cuda.linear import use_panel_kernels
 from ferrum_cuda.lora import LoraBatch, LoraRegistry
 from ferrum_cuda.paged_cache import PagedKvPool
 from ferrum_cuda.transformer import Transformer
@@ -132,7 +133,8 @@ class TorchDecoderLLM:
         **kwargs: Any,
     ) -> TorchDecoderLLM:
         prepack = bool(kwargs.pop("prepack", True))
-        weights = cls.load_weights(cfg, source, dtype, device, prepack=prepack)
+        fused = bool(kwargs.get("fused_kernels", True))
+        weights = cls.load_weights(cfg, source, dtype, device, prepack=prepack, fused_kernels=fused)
         return cls(cfg, weights, inv_freq, dtype=dtype, device=device, **kwargs)
 
     @staticmethod
@@ -143,8 +145,13 @@ class TorchDecoderLLM:
         device: torch.device,
         *,
         prepack: bool = True,
+        fused_kernels: bool = True,
     ) -> ModelWeights:
-        return load_weights(cfg, source, TORCH_DTYPES[dtype], device, prepack=prepack)
+        """``fused_kernels``: fp32 CPU linears use the panel GEMM of the fused kernels."""
+        fp32_cpu = device.type == "cpu" and dtype == DataType.FP32
+        kernels = cpu_kernels() if fp32_cpu and fused_kernels and prepack else None
+        with use_panel_kernels(kernels):
+            return load_weights(cfg, source, TORCH_DTYPES[dtype], device, prepack=prepack)
 
     # -- DecoderOnlyLLM --------------------------------------------------------------------
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from ferrum_cuda.cpu_kernels import CpuKernels, cpu_kernels
 from ferrum_cuda.layers import RopeTables, apply_rope
+from ferrum_cuda.linear import Linear, panel_gemm_enabled, use_panel_kernels
+from torch_tiny import TinyModel, prompt
+
+from ferrum_core.llm.decoder import DecodeItem
 
 ATOL = 1e-5
 
@@ -70,3 +77,70 @@ def test_rope_store_matches_apply_rope(kernels: CpuKernels) -> None:
     torch.testing.assert_close(heads3[:, : heads + kv_heads], want, atol=ATOL, rtol=0)
     torch.testing.assert_close(k_pool[slots], want[:, heads:], atol=ATOL, rtol=0)
     torch.testing.assert_close(v_pool[slots], v_want)
+
+
+@pytest.mark.parametrize(("n", "k"), [(1, 5), (37, 21), (100, 577), (960, 576), (200, 1536)])
+def test_panel_linear_matches_torch(kernels: CpuKernels, n: int, k: int) -> None:
+    """Every tile shape (1-16 rows), several tiles of rows, ragged n and k, with a bias."""
+    gen = torch.Generator().manual_seed(n * 7 + k)
+    w, bias = torch.randn(n, k, generator=gen), torch.randn(n, generator=gen)
+    panels = kernels.pack_panels(w)
+    assert panels.shape == ((n + 15) // 16, k, 16)
+    for rows in [*range(1, 17), 19, 40]:
+        x = torch.randn(rows, k, generator=gen)
+        want = (x.double() @ w.double().T + bias.double()).float()
+        for b in (bias, None):
+            got = kernels.panel_linear(x, panels, n, b)
+            ref = want if b is not None else want - bias
+            err = float((got - ref).abs().max() / ref.abs().max())
+            assert err < 1e-5, (rows, b is None, err)
+    strided = torch.randn(3, k + 8, generator=gen)[:, :k]  # rows with a stride of their own
+    torch.testing.assert_close(kernels.panel_linear(strided, panels, n, bias),
+                               F.linear(strided, w, bias), atol=1e-4, rtol=1e-5)  # fmt: skip
+    assert kernels.panel_linear(x[:0], panels, n, bias).shape == (0, n)
+
+
+needs_panels = pytest.mark.skipif(
+    not panel_gemm_enabled(), reason="no AVX-512 (or FERRUM_CPU_GEMM=0): oneDNN serves the linears"
+)
+
+
+@needs_panels
+def test_linear_packs_panels_once(kernels: CpuKernels) -> None:
+    w, bias = torch.randn(50, 30), torch.randn(50)
+    with use_panel_kernels(kernels):
+        panel = Linear(w, bias, prepack=True)
+    plain = Linear(w, bias, prepack=True)  # outside the block: oneDNN (or F.linear)
+    assert panel.kernels is kernels and panel.weight is None and panel.packed is not None
+    assert plain.kernels is None
+    x = torch.randn(6, 30)
+    torch.testing.assert_close(panel(x), F.linear(x, w, bias), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(panel(x), plain(x), atol=1e-4, rtol=1e-5)
+
+
+@needs_panels
+@pytest.mark.parametrize("family", ["llama_tied_odd", "llama_mqa_bias"])
+def test_decode_with_panel_gemm_matches_onednn_path(
+    kernels: CpuKernels,
+    family: str,
+    tiny: Callable[[str], TinyModel],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batched decode loop: the panel GEMM model against the oneDNN one and the oracle."""
+    model = tiny(family)
+    fast = model.build()
+    monkeypatch.setenv("FERRUM_CPU_GEMM", "0")
+    before = model.build()
+    assert fast.weights.layers[0].qkv.kernels is kernels and fast.weights.lm_head.kernels
+    assert before.weights.layers[0].qkv.kernels is None
+    seqs = {f"s{i}": prompt(n, seed=50 + i) for i, n in enumerate((4, 11, 7, 2, 9))}
+    for llm in (fast, before):
+        for cache_id, tokens in seqs.items():
+            llm.prefill(cache_id, tokens, 0)
+    for token in (21, 22, 23):
+        items = [DecodeItem(c, token, len(seqs[c])) for c in seqs]
+        got, want = fast.decode_batch(items, False), before.decode_batch(items, False)
+        for c, a, b in zip(seqs, got, want, strict=True):
+            seqs[c] = [*seqs[c], token]
+            np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+            np.testing.assert_allclose(a, model.logits(seqs[c]).numpy()[-1], atol=1e-4, rtol=0)

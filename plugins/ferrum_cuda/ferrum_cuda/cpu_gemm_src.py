@@ -1,0 +1,122 @@
+"""C source of the small-M fp32 GEMM over 16-column weight panels.
+
+The register tiles are generated here so that every accumulator is a named
+vector variable (with arrays, GCC spills them to memory).
+"""
+
+__all__ = ["GEMM_SOURCE"]
+
+
+# Small-M GEMM on weights packed in 16-column panels [ceil(n/16)][k][16]: each vector
+# load of weights feeds one FMA per row with a broadcast x value. Tiles of rows x panels
+# keep their accumulators in named registers (GCC spills arrays of vectors), so their
+# code is generated: 1-5 rows x 4 panels, 6-8 x 3, 9-11 x 2, 12-16 x 1 (<= 24 zmm).
+# Above 8 rows, passes of up to 8 rows (two halves up to 16) over 3 panels: the panels
+# come from L1/L2 after the first pass, and there are fewer loads per FMA than 16 x 1.
+_GEMM_HEAD = r"""
+void ferrum_pack_panels(const float* w, float* out, int64_t n, int64_t k) {
+    int64_t np = (n + 15) / 16;
+    #pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < np; p++)
+        for (int64_t kk = 0; kk < k; kk++)
+            for (int j = 0; j < 16; j++) {
+                int64_t r = p * 16 + j;
+                out[(p * k + kk) * 16 + j] = r < n ? w[r * k + kk] : 0.0f;
+            }
+}
+
+static inline void put_row(float* o, v16 r, const float* bias, int64_t c0, int64_t n) {
+    if (c0 + 16 <= n) {
+        if (bias) r += *(const v16*)(bias + c0);
+        *(v16*)(o + c0) = r;
+    } else {
+        for (int64_t j = 0; j < n - c0; j++) o[c0 + j] = r[j] + (bias ? bias[c0 + j] : 0.0f);
+    }
+}
+"""
+
+_GEMM_MAIN = r"""
+/* out [m, n] (row stride ldo) = x [m, k] (row stride ldx) @ W.T + bias (or NULL),
+   W packed by ferrum_pack_panels. Threads split the panels. */
+void ferrum_panel_gemm(const float* x, int64_t ldx, const float* wp, const float* bias,
+                       float* out, int64_t ldo, int64_t m, int64_t n, int64_t k) {
+    int64_t np = (n + 15) / 16;
+    int64_t ch = m <= 8 ? m : (m <= 16 ? (m + 1) / 2 : 8);
+    int64_t step = WIDTH[m < ch ? m : ch];
+    int64_t groups = (np + step - 1) / step;
+    int64_t passes = (m + ch - 1) / ch;
+    #pragma omp parallel for schedule(static) if (groups > 1)
+    for (int64_t g = 0; g < groups; g++) {
+        int64_t p = g * step;
+        /* The passes over this group's rows prefetch the next group into L2 between
+           them, so that DRAM streams while the FMAs of every pass run. */
+        const char* next = (const char*)(wp + (p + step) * k * 16);
+        int64_t lines = (p + step < np) ? (step + passes - 1) / passes : 0;
+        for (int64_t r0 = 0, pass = 0; r0 < m; r0 += ch, pass++) {
+            int64_t rows = m - r0 < ch ? m - r0 : ch;
+            const float* xr = x + r0 * ldx;
+            float* o = out + r0 * ldo;
+            const char* pf = next + pass * lines * k * 64;
+            int64_t pfl = pass * lines < step ? lines : 0;
+            if (np - p >= step && WIDTH[rows] == step)
+                WIDE[rows](xr, ldx, wp + p * k * 16, k, bias, o, ldo, p * 16, n, pf, pfl);
+            else
+                for (int64_t q = p; q < np && q < p + step; q++)
+                    ONE[rows](xr, ldx, wp + q * k * 16, k, bias, o, ldo, q * 16, n, pf, 0);
+        }
+    }
+}
+"""
+
+_WIDTH = {m: 4 if m <= 5 else 3 if m <= 8 else 2 if m <= 11 else 1 for m in range(1, 17)}
+
+
+def _tile(m: int, panels: int) -> str:
+    """``out[:m, panels * 16 columns] = x[:m] @ panels``, accumulators in registers."""
+    lines = [
+        f"static void tile_{m}_{panels}(const float* x, int64_t ldx, const float* wp,"
+        " int64_t k, const float* bias, float* out, int64_t ldo, int64_t n0, int64_t n,"
+        " const char* pf, int64_t pfl) {"
+    ]
+    lines += [f"    const float* x{r} = x + {r} * ldx;" for r in range(m)]
+    for p in range(panels):
+        lines.append(f"    const v16* w{p} = (const v16*)(wp + {p} * k * 16);")
+        lines.append("    v16 " + ", ".join(f"a{p}_{r} = {{0}}" for r in range(m)) + ";")
+    lines.append("    for (int64_t kk = 0; kk < k; kk++) {")
+    lines.append("        for (int64_t j = 0; j < pfl; j++)")
+    lines.append("            __builtin_prefetch(pf + (kk * pfl + j) * 64, 0, 2);")
+    for p in range(panels):
+        lines.append(f"        __builtin_prefetch(w{p} + kk + 24);")
+        lines.append(f"        v16 b{p} = w{p}[kk];")
+    for r in range(m):
+        adds = " ".join(f"a{p}_{r} += s * b{p};" for p in range(panels))
+        lines.append(f"        {{ float s = x{r}[kk]; {adds} }}")
+    lines.append("    }")
+    for p in range(panels):
+        lines.append(f"    if (n0 + {16 * p} < n) {{")
+        lines += [
+            f"        put_row(out + {r} * ldo, a{p}_{r}, bias, n0 + {16 * p}, n);" for r in range(m)
+        ]
+        lines.append("    }")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _gemm_source() -> str:
+    tiles = [_tile(m, w) for m, w in _WIDTH.items()]
+    tiles += [_tile(m, 1) for m, w in _WIDTH.items() if w != 1]
+    fn = "typedef void (*tile_fn)(const float*, int64_t, const float*, int64_t, const float*,"
+    fn += " float*, int64_t, int64_t, int64_t, const char*, int64_t);"
+    wide = ", ".join(f"tile_{m}_{w}" for m, w in _WIDTH.items())
+    one = ", ".join(f"tile_{m}_1" for m in _WIDTH)
+    widths = ", ".join(str(w) for w in _WIDTH.values())
+    tables = [
+        fn,
+        f"static const tile_fn WIDE[17] = {{0, {wide}}};",
+        f"static const tile_fn ONE[17] = {{0, {one}}};",
+        f"static const int64_t WIDTH[17] = {{0, {widths}}};",
+    ]
+    return "\n".join([_GEMM_HEAD, *tiles, *tables, _GEMM_MAIN])
+
+
+GEMM_SOURCE = _gemm_source()
