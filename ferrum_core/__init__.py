@@ -31,17 +31,12 @@ __all__ = [
     "__version__",
 ]
 
-_LAZY = {
-    "LLM": "ferrum_core.engine",
-    "SamplingParams": "ferrum_core.engine",
-    "RequestOutput": "ferrum_core.engine",
-    "CompletionOutput": "ferrum_core.engine",
-    "LoRARequest": "ferrum_core.engine",
-}
+_ENGINE_NAMES = frozenset({"LLM", "SamplingParams", "RequestOutput", "CompletionOutput",
+                           "LoRARequest"})
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    # The engine package resolves its own names lazily; this only forwards.
+    if name not in _ENGINE_NAMES:
         raise AttributeError(f"module 'ferrum_core' has no attribute {name!r}")
-    return getattr(import_module(module), name)
+    return getattr(import_module("ferrum_core.engine"), name)
