@@ -17,14 +17,14 @@ from ferrum_core.protocol import (
     UnifiedBatch,
     UnifiedBatchItem,
 )
-from ferrum_core.tensor import HostTensor, TensorRef
+from ferrum_core.tensor import HostTensor, TensorRef, token_ids
 
 __all__ = ["Driver", "ids", "logits_rows", "prompt", "snapshot"]
 
 
 def ids(tokens: Sequence[int]) -> HostTensor:
     """Token ids as the ``[1, seq]`` int64 tensor the protocol expects."""
-    return HostTensor(np.asarray([list(tokens)], dtype=np.int64))
+    return token_ids(tokens)
 
 
 def prompt(seed: int, length: int, vocab: int) -> list[int]:

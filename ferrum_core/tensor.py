@@ -15,7 +15,7 @@ import numpy as np
 
 from ferrum_core.errors import InvalidInputError
 
-__all__ = ["TensorRef", "HostTensor", "as_tensor_ref", "tensor_to_tokens"]
+__all__ = ["TensorRef", "HostTensor", "as_tensor_ref", "tensor_to_tokens", "token_ids"]
 
 
 @runtime_checkable
@@ -88,3 +88,8 @@ def tensor_to_tokens(tensor: TensorRef) -> list[int]:
             f"expected token ids of shape [seq] or [1, seq], got {list(array.shape)}"
         )
     return [int(t) for t in array.reshape(-1)]
+
+
+def token_ids(tokens: Sequence[int]) -> HostTensor:
+    """Token ids as the ``[1, seq]`` int64 tensor the protocol's inputs take."""
+    return HostTensor(np.asarray([list(tokens)], dtype=np.int64))

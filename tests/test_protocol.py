@@ -174,3 +174,11 @@ def test_executor_registry_is_thread_safe() -> None:
     for t in threads:
         t.join()
     assert len(reg) == 200 and len(errors) == 600
+
+
+def test_token_ids_round_trip() -> None:
+    from ferrum_core.tensor import tensor_to_tokens, token_ids
+
+    t = token_ids([3, 1, 4])
+    assert t.shape == (1, 3) and t.dtype == "int64"
+    assert tensor_to_tokens(t) == [3, 1, 4]

@@ -24,7 +24,7 @@ from ferrum_core.protocol import (
     UnifiedBatch,
     UnifiedBatchItem,
 )
-from ferrum_core.tensor import HostTensor, TensorRef
+from ferrum_core.tensor import TensorRef, token_ids
 
 __all__ = ["Work", "ExecutorRunner", "as_logits_row"]
 
@@ -46,10 +46,6 @@ def as_logits_row(value: np.ndarray | TensorRef) -> np.ndarray:
     array = value if isinstance(value, np.ndarray) else value.to_numpy()
     row: np.ndarray = np.asarray(array, dtype=np.float32).reshape(-1, array.shape[-1])[-1]
     return row
-
-
-def _ids(tokens: Sequence[int]) -> HostTensor:
-    return HostTensor(np.asarray([tokens], dtype=np.int64))
 
 
 class ExecutorRunner:
@@ -110,7 +106,7 @@ class ExecutorRunner:
                 decodes.append(i)
                 continue
             handle = self._handle_at(work, create=False)
-            out = self.executor.prefill(PrefillInput(_ids(work.tokens), kv_cache=handle,
+            out = self.executor.prefill(PrefillInput(token_ids(work.tokens), kv_cache=handle,
                                                      metadata=work.metadata))
             self.calls["prefill"] += 1
             self._handles[work.key] = out.kv_cache
@@ -121,7 +117,7 @@ class ExecutorRunner:
             for i in decodes:
                 handle = self._handle_at(works[i], create=False)
                 assert handle is not None
-                inputs.append(DecodeInput(_ids(works[i].tokens), handle,
+                inputs.append(DecodeInput(token_ids(works[i].tokens), handle,
                                           metadata=works[i].metadata))
             self.calls["decode"] += 1
             for i, decoded in zip(decodes, self.executor.batch_decode(inputs), strict=True):
@@ -134,7 +130,7 @@ class ExecutorRunner:
     ) -> DecodeInput:
         """A one-token input on ``key``'s handle at ``pos`` (for ``forward_verify``)."""
         handle = self._handles[key].with_sequence_length(pos)
-        return DecodeInput(_ids([token]), handle, metadata=metadata)
+        return DecodeInput(token_ids([token]), handle, metadata=metadata)
 
     def set_handle(self, key: str, handle: KvCacheHandle) -> None:
         self._handles[key] = handle

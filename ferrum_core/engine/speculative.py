@@ -31,7 +31,7 @@ from ferrum_core.protocol import (
     UnifiedBatch,
     UnifiedLogits,
 )
-from ferrum_core.tensor import HostTensor, tensor_to_tokens
+from ferrum_core.tensor import HostTensor, tensor_to_tokens, token_ids
 from ferrum_core.types import ModelInfo, TokenId
 
 __all__ = ["SpeculativePair", "Verification", "TokenChooser", "threshold_chooser"]
@@ -87,7 +87,7 @@ class SpeculativePair(SpeculativeExecutor):
         pos = input.kv_cache.sequence_length
         ids = [last, *draft_tokens]
         inputs = [
-            DecodeInput(HostTensor(np.asarray([[t]], dtype=np.int64)), input.kv_cache,
+            DecodeInput(token_ids([t]), input.kv_cache,
                         input.position_ids, input.metadata)
             for t in ids
         ]
