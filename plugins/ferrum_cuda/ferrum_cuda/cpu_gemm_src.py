@@ -37,32 +37,49 @@ static inline void put_row(float* o, v16 r, const float* bias, int64_t c0, int64
 
 _GEMM_MAIN = r"""
 /* out [m, n] (row stride ldo) = x [m, k] (row stride ldx) @ W.T + bias (or NULL),
-   W packed by ferrum_pack_panels. Threads split the panels. */
+   W packed by ferrum_pack_panels. Threads split the panels into contiguous ranges.
+   ``after`` (or NULL): the packed weights of the GEMM that runs next, ``after_bytes``
+   long; each thread prefetches the start of its share of them during its last group. */
 void ferrum_panel_gemm(const float* x, int64_t ldx, const float* wp, const float* bias,
-                       float* out, int64_t ldo, int64_t m, int64_t n, int64_t k) {
+                       float* out, int64_t ldo, int64_t m, int64_t n, int64_t k,
+                       const char* after, int64_t after_bytes) {
     int64_t np = (n + 15) / 16;
     int64_t ch = m <= 8 ? m : (m <= 16 ? (m + 1) / 2 : 8);
     int64_t step = WIDTH[m < ch ? m : ch];
     int64_t groups = (np + step - 1) / step;
     int64_t passes = (m + ch - 1) / ch;
-    #pragma omp parallel for schedule(static) if (groups > 1)
-    for (int64_t g = 0; g < groups; g++) {
-        int64_t p = g * step;
-        /* The passes over this group's rows prefetch the next group into L2 between
-           them, so that DRAM streams while the FMAs of every pass run. */
-        const char* next = (const char*)(wp + (p + step) * k * 16);
-        int64_t lines = (p + step < np) ? (step + passes - 1) / passes : 0;
-        for (int64_t r0 = 0, pass = 0; r0 < m; r0 += ch, pass++) {
-            int64_t rows = m - r0 < ch ? m - r0 : ch;
-            const float* xr = x + r0 * ldx;
-            float* o = out + r0 * ldo;
-            const char* pf = next + pass * lines * k * 64;
-            int64_t pfl = pass * lines < step ? lines : 0;
-            if (np - p >= step && WIDTH[rows] == step)
-                WIDE[rows](xr, ldx, wp + p * k * 16, k, bias, o, ldo, p * 16, n, pf, pfl);
-            else
-                for (int64_t q = p; q < np && q < p + step; q++)
-                    ONE[rows](xr, ldx, wp + q * k * 16, k, bias, o, ldo, q * 16, n, pf, 0);
+    int64_t group_bytes = step * k * 64;
+    #pragma omp parallel if (groups > 1)
+    {
+        int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+        int64_t g0 = groups * t / threads, g1 = groups * (t + 1) / threads;
+        for (int64_t g = g0; g < g1; g++) {
+            int64_t p = g * step;
+            /* The passes over this group's rows prefetch the next group (or the next
+               GEMM's first weights) into L2 between them, so that DRAM streams while
+               the FMAs of every pass run. */
+            const char* next = NULL;
+            int64_t bytes = 0;
+            if (g + 1 < g1) {
+                next = (const char*)(wp + (p + step) * k * 16);
+                bytes = group_bytes;
+            } else if (after != NULL) {
+                next = after + after_bytes * t / threads;
+                bytes = after_bytes / threads < group_bytes ? after_bytes / threads : group_bytes;
+            }
+            int64_t pfl = (bytes / 64 + passes * k - 1) / (passes * k);
+            for (int64_t r0 = 0, pass = 0; r0 < m; r0 += ch, pass++) {
+                int64_t rows = m - r0 < ch ? m - r0 : ch;
+                const float* xr = x + r0 * ldx;
+                float* o = out + r0 * ldo;
+                const char* pf = next + pass * pfl * k * 64;
+                if (np - p >= step && WIDTH[rows] == step)
+                    WIDE[rows](xr, ldx, wp + p * k * 16, k, bias, o, ldo, p * 16, n, pf, pfl);
+                else
+                    for (int64_t q = p; q < np && q < p + step; q++)
+                        ONE[rows](xr, ldx, wp + q * k * 16, k, bias, o, ldo, q * 16, n, pf,
+                                  q == p ? pfl : 0);
+            }
         }
     }
 }

@@ -22,17 +22,61 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ferrum_cuda.cpu_kernels_src import SOURCE as _SOURCE
 
-__all__ = ["CpuKernels", "cpu_kernels", "has_avx512"]
+__all__ = ["CpuKernels", "StepDims", "StepTensors", "cpu_kernels", "has_avx512"]
 
 # No -ffast-math: only what torch's own build allows (vectorised floor needs no traps).
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
           "-shared", "-fPIC"]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class StepDims:
+    """Sizes of one fused decode step."""
+
+    layers: int
+    batch: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    inter: int
+    vocab: int
+    width: int  # decode workspace columns the rows attend within
+
+    def scratch_floats(self) -> int:
+        qkv = (self.heads + 2 * self.kv_heads) * self.head_dim
+        per_row = qkv + self.heads * self.head_dim + 3 * self.inter + self.hidden
+        return self.batch * (per_row + self.kv_heads * self.width)
+
+
+@dataclass(frozen=True, slots=True)
+class StepTensors:
+    """The buffers of one fused decode step (float32 / int64, contiguous on the CPU).
+
+    ``kws`` / ``vws``: the decode workspace ``[layers, B_cap, kv_heads, L_cap, head_dim]``."""
+
+    norm0: torch.Tensor
+    lm_head: torch.Tensor
+    x: torch.Tensor
+    h: torch.Tensor
+    logits: torch.Tensor
+    scratch: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    positions: torch.Tensor
+    slots: torch.Tensor
+    kws: torch.Tensor
+    vws: torch.Tensor
+    cols: torch.Tensor
+    bounds: torch.Tensor
+
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
@@ -45,7 +89,9 @@ _SIGNATURES = {
     "ferrum_store_columns": [_P, _P, _I, _P, _P, _I, _I, _I, _P, _I, _I, _I],
     "ferrum_decode_attention": [_P, _I, _P, _P, _I, _I, _I, _P, _P, _P, _I, _I, _I, _I, _I, _F],
     "ferrum_pack_panels": [_P, _P, _I, _I],
-    "ferrum_panel_gemm": [_P, _I, _P, _P, _P, _I, _I, _I, _I],
+    "ferrum_panel_gemm": [_P, _I, _P, _P, _P, _I, _I, _I, _I, _P, _I],
+    "ferrum_decode_step": [_P, _I, _P, _P, _P, _P, _P, _P, *[_I] * 7, _F, _F, *[_P] * 6,
+                           *[_I] * 4, _P, _P, _I],
 }
 
 
@@ -215,9 +261,17 @@ class CpuKernels:
         return out
 
     def panel_linear(
-        self, x: torch.Tensor, panels: torch.Tensor, n: int, bias: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        panels: torch.Tensor,
+        n: int,
+        bias: torch.Tensor | None,
+        after: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``x @ weight.T + bias`` for 2-D ``x`` and ``panels = pack_panels(weight)``."""
+        """``x @ weight.T + bias`` for 2-D ``x`` and ``panels = pack_panels(weight)``.
+
+        ``after``: the packed weights of the GEMM that will run next, whose first
+        bytes the threads prefetch while they finish this one."""
         if x.stride(-1) != 1 or x.stride(0) < x.shape[1]:
             x = x.contiguous()
         rows, k = x.shape
@@ -228,8 +282,32 @@ class CpuKernels:
             self._lib.ferrum_panel_gemm(
                 _ptr(x), x.stride(0), _ptr(panels), None if bias is None else _ptr(bias),
                 _ptr(out), n, rows, n, k,
+                None if after is None else _ptr(after),
+                0 if after is None else after.numel() * after.element_size(),
             )  # fmt: skip
         return out
+
+    def decode_step(
+        self,
+        table: torch.Tensor,
+        tensors: StepTensors,
+        dims: StepDims,
+        *,
+        eps: float,
+        scale: float,
+    ) -> None:
+        """Every layer of a pure decode step (see ``ferrum_decode_step`` in the C source).
+
+        ``table`` holds ``LAYER_FIELDS`` pointers per layer; the caller checks layouts."""
+        t, k = tensors, tensors.kws
+        self._lib.ferrum_decode_step(
+            _ptr(table), dims.layers, _ptr(t.norm0), _ptr(t.lm_head), _ptr(t.x), _ptr(t.h),
+            _ptr(t.logits), _ptr(t.scratch), dims.batch, dims.hidden, dims.heads,
+            dims.kv_heads, dims.head_dim, dims.inter, dims.vocab, eps, scale, _ptr(t.cos),
+            _ptr(t.sin), _ptr(t.positions), _ptr(t.slots), _ptr(k), _ptr(t.vws),
+            k.stride(0), k.stride(1), k.stride(2), k.stride(3), _ptr(t.cols),
+            _ptr(t.bounds), dims.width,
+        )  # fmt: skip
 
 
 def _same_rows(a: torch.Tensor, b: torch.Tensor) -> bool:

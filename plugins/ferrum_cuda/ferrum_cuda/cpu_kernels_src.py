@@ -5,11 +5,13 @@ Plain C99 plus GCC vector extensions and OpenMP pragmas: built with ``-O3
 """
 
 from ferrum_cuda.cpu_gemm_src import GEMM_SOURCE
+from ferrum_cuda.cpu_step_src import STEP_SOURCE
 
 __all__ = ["SOURCE"]
 
 _BASE = r"""
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -245,4 +247,4 @@ void ferrum_decode_attention(const float* q, int64_t qsb, const float* k, const 
 """
 
 
-SOURCE = _BASE + GEMM_SOURCE
+SOURCE = _BASE + GEMM_SOURCE + STEP_SOURCE

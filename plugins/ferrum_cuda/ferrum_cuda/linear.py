@@ -26,7 +26,13 @@ import torch.nn.functional as F
 
 from ferrum_cuda.cpu_kernels import CpuKernels, has_avx512
 
-__all__ = ["Linear", "onednn_available", "panel_gemm_enabled", "use_panel_kernels"]
+__all__ = [
+    "Linear",
+    "chain_prefetch",
+    "onednn_available",
+    "panel_gemm_enabled",
+    "use_panel_kernels",
+]
 
 _PACK_ROWS_HINT = 64  # the reorder is tuned for this many rows; any count works
 _PANELS: ContextVar[CpuKernels | None] = ContextVar("ferrum_panel_kernels", default=None)
@@ -58,7 +64,7 @@ def use_panel_kernels(kernels: CpuKernels | None) -> Iterator[None]:
 class Linear:
     """``y = x @ weight.T + bias`` for 2-D ``x``."""
 
-    __slots__ = ("bias", "in_features", "kernels", "out_features", "packed", "weight")
+    __slots__ = ("after", "bias", "in_features", "kernels", "out_features", "packed", "weight")
 
     def __init__(
         self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, prepack: bool = False
@@ -68,6 +74,8 @@ class Linear:
         self.bias = bias
         self.packed: torch.Tensor | None = None
         self.kernels: CpuKernels | None = None  # set when ``packed`` holds panels
+        # The panels of the linear that runs next in the forward, prefetched at the end.
+        self.after: torch.Tensor | None = None
         cpu = weight.device.type == "cpu"
         panels = _PANELS.get()
         if prepack and cpu and panels is not None and weight.dtype == torch.float32:
@@ -88,13 +96,22 @@ class Linear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
             if self.kernels is not None:
-                return self.kernels.panel_linear(x, self.packed, self.out_features, self.bias)
+                return self.kernels.panel_linear(
+                    x, self.packed, self.out_features, self.bias, self.after
+                )
             out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
                 x, self.packed, self.bias, "none", [], ""
             )
             return out
         assert self.weight is not None
         return F.linear(x, self.weight, self.bias)
+
+
+def chain_prefetch(linears: list[Linear]) -> None:
+    """Tell each panel-packed linear which panels the forward multiplies next (cyclic)."""
+    for current, following in zip(linears, linears[1:] + linears[:1], strict=True):
+        if current.kernels is not None and following.kernels is not None:
+            current.after = following.packed
 
 
 def _pack(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:

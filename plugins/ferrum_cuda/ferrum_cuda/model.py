@@ -203,6 +203,8 @@ class TorchDecoderLLM:
         if self.workspace is not None:
             metrics["decode_workspace_reuses"] = self.workspace.reuses
             metrics["decode_workspace_rebuilds"] = self.workspace.rebuilds
+        if self.transformer.fused_step is not None:
+            metrics["fused_decode_steps"] = self.transformer.fused_step.steps
         if self._graphs is not None:
             metrics.update(self._graphs.metrics())
         return metrics

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ferrum_core.models.config import ModelConfig
 from ferrum_cuda.attention import AttentionMetadata, attend
 from ferrum_cuda.cpu_kernels import CpuKernels
+from ferrum_cuda.fused_step import FusedDecodeStep
 from ferrum_cuda.layers import RopeTables, activation, apply_rope, rms_norm
 from ferrum_cuda.paged_cache import PagedKvPool
 from ferrum_cuda.weights import ModelWeights
@@ -56,6 +57,10 @@ class Transformer:
         self._fused_rope = kernels is not None and not cfg.qk_norm
         self._fused_act = kernels is not None and cfg.hidden_act in ("silu", "swish")
         self._caches = [pool.layer(i) for i in range(cfg.num_hidden_layers)]
+        # Pure decode steps over the workspace run as one C call where the kernels cover all.
+        self.fused_step = None
+        if kernels is not None and FusedDecodeStep.covers(cfg, weights, pool):
+            self.fused_step = FusedDecodeStep(cfg, weights, pool, rope, kernels)
 
     def _add_norm(
         self, x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor
@@ -75,6 +80,10 @@ class Transformer:
         lora: LoraHook | None = None,
     ) -> torch.Tensor:
         """Logits ``[rows, vocab]`` (float32) for ``logit_rows`` (all rows when ``None``)."""
+        if self.fused_step is not None and lora is None and logit_rows is None:
+            logits = self.fused_step.run(ids, positions, meta)
+            if logits is not None:
+                return logits
         cfg, w = self.cfg, self.weights
         eps, hd = cfg.rms_norm_eps, cfg.head_dim
         nh, nkv, inter = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size

@@ -10,7 +10,7 @@ import torch
 
 from ferrum_core.errors import ModelLoadError
 from ferrum_core.models.config import ModelConfig
-from ferrum_cuda.linear import Linear
+from ferrum_cuda.linear import Linear, chain_prefetch
 
 __all__ = ["WeightReader", "LayerWeights", "ModelWeights", "load_weights"]
 
@@ -137,6 +137,8 @@ def load_weights(
     lm_head = linear(head)
     if lm_head.packed is not None and head is embed:
         counts["bytes"] += embed.numel() * embed.element_size()  # the embedding stays too
+    linears = [lin for lw in layers for lin in (lw.qkv, lw.o, lw.gate_up, lw.down)]
+    chain_prefetch([*linears, lm_head])
     return ModelWeights(
         embed=embed,
         layers=tuple(layers),

@@ -54,6 +54,12 @@ class DecodeWorkspace:
         """Forget the group (a member was truncated, released or rolled back)."""
         self._members = None
 
+    def buffers(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The whole K and V ``[layers, B_cap, kv_heads, L_cap, head_dim]`` (``None``: none)."""
+        if self._k is None or self._v is None:
+            return None
+        return self._k, self._v
+
     def num_bytes(self) -> int:
         return 0 if self._k is None else 2 * self._k.numel() * self._k.element_size()
 

@@ -86,11 +86,12 @@ def test_panel_linear_matches_torch(kernels: CpuKernels, n: int, k: int) -> None
     w, bias = torch.randn(n, k, generator=gen), torch.randn(n, generator=gen)
     panels = kernels.pack_panels(w)
     assert panels.shape == ((n + 15) // 16, k, 16)
+    after = kernels.pack_panels(torch.randn(3000, 64, generator=gen))  # prefetched only
     for rows in [*range(1, 17), 19, 40]:
         x = torch.randn(rows, k, generator=gen)
         want = (x.double() @ w.double().T + bias.double()).float()
         for b in (bias, None):
-            got = kernels.panel_linear(x, panels, n, b)
+            got = kernels.panel_linear(x, panels, n, b, after if rows % 2 else None)
             ref = want if b is not None else want - bias
             err = float((got - ref).abs().max() / ref.abs().max())
             assert err < 1e-5, (rows, b is None, err)
