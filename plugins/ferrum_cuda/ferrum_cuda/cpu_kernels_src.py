@@ -149,16 +149,45 @@ static inline v16 sum16(v16* r) {
     return __builtin_shuffle(c[0], c[1], l4) + __builtin_shuffle(c[0], c[1], h4);
 }
 
+/* The next (sequence, kv head) pair's K rows then V rows, prefetched into L2 a few
+   lines at a time while this pair computes, so that DRAM streams without pause. */
+typedef struct {
+    const char* base[2];
+    int64_t rows, stride, lines_per_row, total, done, which, row, col;
+} pf_stream;
+
+static inline pf_stream pf_open(const float* k, const float* v, int64_t rows, int64_t ksl,
+                                int64_t d) {
+    int64_t lpr = (d * 4 + 63) / 64;
+    pf_stream p = {{(const char*)k, (const char*)v}, rows, ksl * 4, lpr, 2 * rows * lpr,
+                   0, 0, 0, 0};
+    return p;
+}
+
+static inline void pf_step(pf_stream* p, int64_t lines) {
+    for (int64_t i = 0; i < lines && p->done < p->total; i++, p->done++) {
+        __builtin_prefetch(p->base[p->which] + p->row * p->stride + p->col * 64, 0, 2);
+        if (++p->col == p->lines_per_row) {
+            p->col = 0;
+            if (++p->row == p->rows) { p->row = 0; p->which = 1; }
+        }
+    }
+}
+
 /* One (sequence, kv head) pair: its `group` query heads against columns [lo, hi).
-   Inlined with a constant head dim (a multiple of 16) so everything stays in registers. */
+   Inlined with a constant head dim (a multiple of 16) so everything stays in registers.
+   The first head's score pass also prefetches the next pair (``pf``). */
 static inline __attribute__((always_inline)) void attend_pair_v(
         const float* qb, const float* kb, const float* vb, int64_t ksl, int64_t lo,
-        int64_t hi, int64_t group, const int64_t d, float scale, float* s, float* ob) {
+        int64_t hi, int64_t group, const int64_t d, float scale, float* s, float* ob,
+        pf_stream* pf) {
+    int64_t quota = hi > lo ? (pf->total + (hi - lo) - 1) / (hi - lo) : 0;
     for (int64_t g = 0; g < group; g++) {
         v16 qv[16], o[16], r[16];
         for (int64_t c = 0; c < d / 16; c++) qv[c] = *(const v16*)(qb + g * d + 16 * c);
         int64_t l = lo;
         for (; l + 16 <= hi; l += 16) {
+            if (g == 0) pf_step(pf, 16 * quota);
             for (int j = 0; j < 16; j++) {
                 const float* kr = kb + (l + j) * ksl;
                 for (int64_t c = 0; c < d; c += 16) __builtin_prefetch(kr + 16 * ksl + c);
@@ -169,6 +198,7 @@ static inline __attribute__((always_inline)) void attend_pair_v(
             *(v16*)(s + l) = sum16(r) * scale;
         }
         for (; l < hi; l++) {
+            if (g == 0) pf_step(pf, quota);
             const float* kr = kb + l * ksl;
             v16 acc = qv[0] * *(const v16*)kr;
             for (int64_t c = 1; c < d / 16; c++) acc += qv[c] * *(const v16*)(kr + 16 * c);
@@ -195,11 +225,13 @@ static inline __attribute__((always_inline)) void attend_pair_v(
 /* The same for any head dim (scalar tail loops left to the vectoriser). */
 static void attend_pair(const float* qb, const float* kb, const float* vb, int64_t ksl,
                         int64_t lo, int64_t hi, int64_t group, int64_t d, float scale,
-                        float* s, float* ob) {
+                        float* s, float* ob, pf_stream* pf) {
+    int64_t quota = hi > lo ? (pf->total + (hi - lo) - 1) / (hi - lo) : 0;
     for (int64_t g = 0; g < group; g++) {
         const float* qg = qb + g * d;
         float m = -INFINITY, sum = 0.0f;
         for (int64_t l = lo; l < hi; l++) {
+            if (g == 0) pf_step(pf, quota);
             const float* kr = kb + l * ksl;
             float dot = 0.0f;
             #pragma omp simd reduction(+:dot)
@@ -225,23 +257,36 @@ static void attend_pair(const float* qb, const float* kb, const float* vb, int64
 /* One query row per sequence b, its heads [kvh * group + g] sharing kv head kvh.
    k / v element (b, kvh, l, :) at k + b*ksb + kvh*ksh + l*ksl (the same strides for v);
    row b attends to columns [bounds[2b], bounds[2b+1]). out: [B, heads * d].
-   scratch: B * kvh * smax floats. */
+   scratch: B * kvh * smax floats. Each thread takes a contiguous range of pairs. */
 void ferrum_decode_attention(const float* q, int64_t qsb, const float* k, const float* v,
                              int64_t ksb, int64_t ksh, int64_t ksl, const int64_t* bounds,
                              float* out, float* scratch, int64_t smax, int64_t batch,
                              int64_t kvh, int64_t group, int64_t d, float scale) {
-    #pragma omp parallel for schedule(static)
-    for (int64_t task = 0; task < batch * kvh; task++) {
-        int64_t b = task / kvh, h = task % kvh;
-        int64_t lo = bounds[2 * b], hi = bounds[2 * b + 1];
-        const float* qb = q + b * qsb + h * group * d;
-        const float* kb = k + b * ksb + h * ksh;
-        const float* vb = v + b * ksb + h * ksh;
-        float* ob = out + (b * kvh + h) * group * d;
-        float* s = scratch + task * smax;
-        if (d == 64) attend_pair_v(qb, kb, vb, ksl, lo, hi, group, 64, scale, s, ob);
-        else if (d == 128) attend_pair_v(qb, kb, vb, ksl, lo, hi, group, 128, scale, s, ob);
-        else attend_pair(qb, kb, vb, ksl, lo, hi, group, d, scale, s, ob);
+    int64_t tasks = batch * kvh;
+    #pragma omp parallel
+    {
+        int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+        int64_t t0 = tasks * t / threads, t1 = tasks * (t + 1) / threads;
+        for (int64_t task = t0; task < t1; task++) {
+            int64_t b = task / kvh, h = task % kvh;
+            int64_t lo = bounds[2 * b], hi = bounds[2 * b + 1];
+            const float* qb = q + b * qsb + h * group * d;
+            const float* kb = k + b * ksb + h * ksh;
+            const float* vb = v + b * ksb + h * ksh;
+            float* ob = out + (b * kvh + h) * group * d;
+            float* s = scratch + task * smax;
+            pf_stream pf = pf_open(NULL, NULL, 0, ksl, d);
+            if (task + 1 < t1) {
+                int64_t nb = (task + 1) / kvh, nh = (task + 1) % kvh;
+                int64_t nlo = bounds[2 * nb], nhi = bounds[2 * nb + 1];
+                int64_t at = nb * ksb + nh * ksh + nlo * ksl;
+                pf = pf_open(k + at, v + at, nhi - nlo, ksl, d);
+            }
+            if (d == 64) attend_pair_v(qb, kb, vb, ksl, lo, hi, group, 64, scale, s, ob, &pf);
+            else if (d == 128)
+                attend_pair_v(qb, kb, vb, ksl, lo, hi, group, 128, scale, s, ob, &pf);
+            else attend_pair(qb, kb, vb, ksl, lo, hi, group, d, scale, s, ob, &pf);
+        }
     }
 }
 """
