@@ -53,7 +53,7 @@ class StepDims:
     def scratch_floats(self) -> int:
         qkv = (self.heads + 2 * self.kv_heads) * self.head_dim
         per_row = qkv + self.heads * self.head_dim + 3 * self.inter + self.hidden
-        return self.batch * (per_row + self.kv_heads * self.width)
+        return self.batch * (per_row + self.heads * self.width)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +244,7 @@ class CpuKernels:
             return None
         group = heads // kv_heads
         out = q.new_empty(batch, heads * d)
-        scratch = q.new_empty(batch * kv_heads * max(width, 1))
+        scratch = q.new_empty(batch * heads * max(width, 1))
         sb, sh, sl, _ = k.stride()
         self._lib.ferrum_decode_attention(
             _ptr(q), q.stride(0), _ptr(k), _ptr(v), sb, sh, sl, _ptr(bounds), _ptr(out),

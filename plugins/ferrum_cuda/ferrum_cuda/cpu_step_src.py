@@ -24,7 +24,7 @@ static inline int64_t panel_bytes(int64_t n, int64_t k) { return (n + 15) / 16 *
    norm0(x) and then each layer's normed input. K/V go to the pool slots and to the
    decode workspace (kws / vws: layer l at + l * lstride, then b * sb + head * sh +
    col * sl) at column cols[b]; row b attends to columns [bounds[2b], bounds[2b+1]).
-   logits [B, vocab] = lm_head(final_norm(x)). scratch: see ferrum_step_scratch. */
+   logits [B, vocab] = lm_head(final_norm(x)). scratch: StepDims.scratch_floats(). */
 void ferrum_decode_step(const int64_t* table, int64_t layers, const float* norm0,
                         const float* lm_head, float* x, float* h, float* logits, float* scratch,
                         int64_t batch, int64_t hidden, int64_t nq, int64_t nkv, int64_t d,

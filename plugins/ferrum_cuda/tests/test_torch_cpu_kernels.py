@@ -28,9 +28,12 @@ def kernels() -> CpuKernels:
 
 @pytest.mark.parametrize("head_dim", [16, 24, 64, 128])
 @pytest.mark.parametrize("width", [1, 15, 16, 37, 70])
-def test_decode_attention_matches_sdpa(kernels: CpuKernels, head_dim: int, width: int) -> None:
-    gen = torch.Generator().manual_seed(width * 1000 + head_dim)
-    batch, kv_heads, group = 4, 2, 3
+@pytest.mark.parametrize("group", [1, 3, 5])  # head chunks of the V pass: 4 (d 64), 2 (d 128)
+def test_decode_attention_matches_sdpa(
+    kernels: CpuKernels, head_dim: int, width: int, group: int
+) -> None:
+    gen = torch.Generator().manual_seed(width * 1000 + head_dim + group)
+    batch, kv_heads = 4, 2
     q = torch.randn(batch, kv_heads * group + 2, head_dim, generator=gen)[:, : kv_heads * group]
     store = torch.randn(batch, kv_heads, width + 9, head_dim, generator=gen)
     k, v = store[:, :, :width], torch.randn_like(store)[:, :, :width]
