@@ -1,16 +1,17 @@
 """C source of the single-query decode attention over the decode workspace (fp32).
 
 One task is a (sequence, kv head) pair: its ``group`` query heads against the
-columns ``[lo, hi)`` of that pair's K and V rows. For head dims 64 and 128 the
-code is generated with every vector in a named variable (GCC spills arrays of
-vectors to the stack): scores in blocks of 16 keys reduced by a transpose-add,
-a softmax per head, then one pass over V that feeds up to 16 accumulators, so
-each V row is loaded once for several heads. Other head dims take a plain
-loop left to the vectoriser. While a thread works on one pair it prefetches
+columns ``[lo, hi)`` of that pair's K and V rows. On AVX-512 (32 registers)
+the code for head dims 64 and 128 is generated with every vector in a named
+variable (GCC spills arrays of vectors to the stack): scores in blocks of 16
+keys reduced by a transpose-add, a softmax per head, then one pass over V that
+feeds up to 16 accumulators, so each V row is loaded once for several heads.
+Other head dims, and every head dim with 16 registers, take a plain loop left
+to the vectoriser. While a thread works on one pair it prefetches the start of
 its next pair's K and V into L2.
 """
 
-__all__ = ["ATTENTION_SOURCE"]
+__all__ = ["attention_source"]
 
 _PREFETCH = r"""
 #define PREFETCH_HEAD_BYTES 8192
@@ -106,9 +107,12 @@ void ferrum_decode_attention(const float* q, int64_t qsb, const float* k, const 
                 int64_t at = nb * ksb + nh * ksh + nlo * ksl;
                 prefetch_head(k + at, v + at, nhi - nlo, ksl);
             }
+#if WIDE_ATTENTION
             if (d == 64) attend_pair_64(qb, kb, vb, ksl, lo, hi, group, scale, s, smax, ob);
             else if (d == 128) attend_pair_128(qb, kb, vb, ksl, lo, hi, group, scale, s, smax, ob);
-            else attend_pair(qb, kb, vb, ksl, lo, hi, group, d, scale, s, ob);
+            else
+#endif
+            attend_pair(qb, kb, vb, ksl, lo, hi, group, d, scale, s, ob);
         }
     }
 }
@@ -202,13 +206,13 @@ def _attend(d: int) -> str:
     return "\n".join(lines)
 
 
-def _attention_source() -> str:
+def attention_source(wide: bool) -> str:
+    """With ``wide`` (32 registers of 16 floats) the generated head-dim 64 / 128 kernels;
+    with 16 narrower registers they would spill, and the plain loop serves every head dim."""
     parts = [_PREFETCH]
-    for d in (64, 128):
-        parts += [_weighted_v(d, heads) for heads in range(1, 16 // (d // 16) + 1)]
-        parts.append(_attend(d))
-    parts.append(_ENTRY)
+    if wide:
+        for d in (64, 128):
+            parts += [_weighted_v(d, heads) for heads in range(1, 16 // (d // 16) + 1)]
+            parts.append(_attend(d))
+    parts += [f"#define WIDE_ATTENTION {int(wide)}", _ENTRY]
     return "\n".join(parts)
-
-
-ATTENTION_SOURCE = _attention_source()

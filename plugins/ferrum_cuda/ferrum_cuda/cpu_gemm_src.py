@@ -1,18 +1,25 @@
 """C source of the small-M fp32 GEMM over 16-column weight panels.
 
 The register tiles are generated here so that every accumulator is a named
-vector variable (with arrays, GCC spills them to memory).
+vector variable (with arrays, GCC spills them to memory). Their shapes depend
+on the register file: AVX-512 has 32 registers of 16 floats, AVX2 16 of 8 (a
+16-column panel row is then two registers).
 """
 
-__all__ = ["GEMM_SOURCE"]
+__all__ = ["gemm_source"]
 
 
 # Small-M GEMM on weights packed in 16-column panels [ceil(n/16)][k][16]: each vector
 # load of weights feeds one FMA per row with a broadcast x value. Tiles of rows x panels
-# keep their accumulators in named registers (GCC spills arrays of vectors), so their
-# code is generated: 1-5 rows x 4 panels, 6-8 x 3, 9-11 x 2, 12-16 x 1 (<= 24 zmm).
-# Above 8 rows, passes of up to 8 rows (two halves up to 16) over 3 panels: the panels
-# come from L1/L2 after the first pass, and there are fewer loads per FMA than 16 x 1.
+# keep their accumulators in named registers, so their code is generated.
+# AVX-512: 1-5 rows x 4 panels, 6-8 x 3 (<= 24 accumulators); passes of up to 8 rows
+# (9-16 rows: two halves): after the first pass the panels come from L1/L2, and there
+# are fewer loads per FMA than with 16 rows x 1 panel (measured slower).
+# AVX2: 1-2 rows x 2 panels, 3-6 x 1 (<= 12 of the 16 ymm registers); passes of <= 6.
+_WIDTHS = {
+    True: {m: 4 if m <= 5 else 3 for m in range(1, 9)},
+    False: {m: 2 if m <= 2 else 1 for m in range(1, 7)},
+}
 _GEMM_HEAD = r"""
 void ferrum_pack_panels(const float* w, float* out, int64_t n, int64_t k) {
     int64_t np = (n + 15) / 16;
@@ -24,11 +31,15 @@ void ferrum_pack_panels(const float* w, float* out, int64_t n, int64_t k) {
                 out[(p * k + kk) * 16 + j] = r < n ? w[r * k + kk] : 0.0f;
             }
 }
+"""
 
-static inline void put_row(float* o, v16 r, const float* bias, int64_t c0, int64_t n) {
-    if (c0 + 16 <= n) {
-        if (bias) r += *(const v16*)(bias + c0);
-        *(v16*)(o + c0) = r;
+# Stores one accumulator (a row's ``LANES`` columns from c0) plus bias, clipped at n.
+_PUT_ROW = r"""
+typedef float VEC __attribute__((vector_size(4 * LANES), aligned(4)));
+static inline void put_row(float* o, VEC r, const float* bias, int64_t c0, int64_t n) {
+    if (c0 + LANES <= n) {
+        if (bias) r += *(const VEC*)(bias + c0);
+        *(VEC*)(o + c0) = r;
     } else {
         for (int64_t j = 0; j < n - c0; j++) o[c0 + j] = r[j] + (bias ? bias[c0 + j] : 0.0f);
     }
@@ -44,7 +55,7 @@ void ferrum_panel_gemm(const float* x, int64_t ldx, const float* wp, const float
                        float* out, int64_t ldo, int64_t m, int64_t n, int64_t k,
                        const char* after, int64_t after_bytes) {
     int64_t np = (n + 15) / 16;
-    int64_t ch = m <= 8 ? m : (m <= 16 ? (m + 1) / 2 : 8);
+    int64_t ch = m <= MAX_ROWS ? m : (m <= 2 * MAX_ROWS ? (m + 1) / 2 : MAX_ROWS);
     int64_t step = WIDTH[m < ch ? m : ch];
     int64_t groups = (np + step - 1) / step;
     int64_t passes = (m + ch - 1) / ch;
@@ -85,55 +96,61 @@ void ferrum_panel_gemm(const float* x, int64_t ldx, const float* wp, const float
 }
 """
 
-_WIDTH = {m: 4 if m <= 5 else 3 if m <= 8 else 2 if m <= 11 else 1 for m in range(1, 17)}
+def _tile(m: int, panels: int, halves: int) -> str:
+    """``out[:m, panels * 16 columns] = x[:m] @ panels``, accumulators in registers.
 
-
-def _tile(m: int, panels: int) -> str:
-    """``out[:m, panels * 16 columns] = x[:m] @ panels``, accumulators in registers."""
+    A panel row is ``halves`` vectors of type ``VEC`` (16 / halves floats each)."""
+    lanes = 16 // halves
     lines = [
         f"static void tile_{m}_{panels}(const float* x, int64_t ldx, const float* wp,"
         " int64_t k, const float* bias, float* out, int64_t ldo, int64_t n0, int64_t n,"
         " const char* pf, int64_t pfl) {"
     ]
     lines += [f"    const float* x{r} = x + {r} * ldx;" for r in range(m)]
+    parts = [(p, h) for p in range(panels) for h in range(halves)]
     for p in range(panels):
-        lines.append(f"    const v16* w{p} = (const v16*)(wp + {p} * k * 16);")
-        lines.append("    v16 " + ", ".join(f"a{p}_{r} = {{0}}" for r in range(m)) + ";")
+        lines.append(f"    const VEC* w{p} = (const VEC*)(wp + {p} * k * 16);")
+    for p, h in parts:
+        lines.append("    VEC " + ", ".join(f"a{p}{h}_{r} = {{0}}" for r in range(m)) + ";")
     lines.append("    for (int64_t kk = 0; kk < k; kk++) {")
     lines.append("        for (int64_t j = 0; j < pfl; j++)")
     lines.append("            __builtin_prefetch(pf + (kk * pfl + j) * 64, 0, 2);")
     for p in range(panels):
-        lines.append(f"        __builtin_prefetch(w{p} + kk + 24);")
-        lines.append(f"        v16 b{p} = w{p}[kk];")
+        lines.append(f"        __builtin_prefetch(w{p} + {halves} * (kk + 24));")
+    for p, h in parts:
+        lines.append(f"        VEC b{p}{h} = w{p}[{halves} * kk + {h}];")
     for r in range(m):
-        adds = " ".join(f"a{p}_{r} += s * b{p};" for p in range(panels))
+        adds = " ".join(f"a{p}{h}_{r} += s * b{p}{h};" for p, h in parts)
         lines.append(f"        {{ float s = x{r}[kk]; {adds} }}")
     lines.append("    }")
-    for p in range(panels):
-        lines.append(f"    if (n0 + {16 * p} < n) {{")
+    for p, h in parts:
+        col = 16 * p + lanes * h
+        lines.append(f"    if (n0 + {col} < n) {{")
         lines += [
-            f"        put_row(out + {r} * ldo, a{p}_{r}, bias, n0 + {16 * p}, n);" for r in range(m)
+            f"        put_row(out + {r} * ldo, a{p}{h}_{r}, bias, n0 + {col}, n);" for r in range(m)
         ]
         lines.append("    }")
     lines.append("}")
     return "\n".join(lines)
 
 
-def _gemm_source() -> str:
-    tiles = [_tile(m, w) for m, w in _WIDTH.items()]
-    tiles += [_tile(m, 1) for m, w in _WIDTH.items() if w != 1]
+def gemm_source(wide: bool) -> str:
+    """The GEMM for 32 registers of 16 floats (``wide``: AVX-512) or 16 of 8 (AVX2)."""
+    widths, halves = _WIDTHS[wide], 1 if wide else 2
+    tiles = [_tile(m, w, halves) for m, w in widths.items()]
+    tiles += [_tile(m, 1, halves) for m, w in widths.items() if w != 1]
     fn = "typedef void (*tile_fn)(const float*, int64_t, const float*, int64_t, const float*,"
     fn += " float*, int64_t, int64_t, int64_t, const char*, int64_t);"
-    wide = ", ".join(f"tile_{m}_{w}" for m, w in _WIDTH.items())
-    one = ", ".join(f"tile_{m}_1" for m in _WIDTH)
-    widths = ", ".join(str(w) for w in _WIDTH.values())
+    size = len(widths) + 1
     tables = [
+        f"#define MAX_ROWS {len(widths)}",
         fn,
-        f"static const tile_fn WIDE[17] = {{0, {wide}}};",
-        f"static const tile_fn ONE[17] = {{0, {one}}};",
-        f"static const int64_t WIDTH[17] = {{0, {widths}}};",
+        f"static const tile_fn WIDE[{size}] = {{0, "
+        + ", ".join(f"tile_{m}_{w}" for m, w in widths.items()) + "};",
+        f"static const tile_fn ONE[{size}] = {{0, "
+        + ", ".join(f"tile_{m}_1" for m in widths) + "};",
+        f"static const int64_t WIDTH[{size}] = {{0, "
+        + ", ".join(str(w) for w in widths.values()) + "};",
     ]
-    return "\n".join([_GEMM_HEAD, *tiles, *tables, _GEMM_MAIN])
-
-
-GEMM_SOURCE = _gemm_source()
+    put_row = f"#define LANES {16 // halves}" + _PUT_ROW
+    return "\n".join([_GEMM_HEAD, put_row, *tiles, *tables, _GEMM_MAIN])

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from ferrum_cuda.cpu_kernels_src import SOURCE as _SOURCE
+from ferrum_cuda.cpu_kernels_src import kernel_source
 
-__all__ = ["CpuKernels", "StepDims", "StepTensors", "cpu_kernels", "has_avx512"]
+__all__ = ["CpuKernels", "StepDims", "StepTensors", "cpu_kernels", "gemm_isa"]
 
 # No -ffast-math: only what torch's own build allows (vectorised floor needs no traps).
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
@@ -107,27 +107,40 @@ def _cpu_flags() -> str:
         return platform.processor()
 
 
-def has_avx512() -> bool:
-    """32 vector registers of 16 floats: what the panel GEMM's register tiles assume."""
-    return " avx512f" in _cpu_flags()
+def gemm_isa() -> str | None:
+    """The register file the panel GEMM's tiles are generated for, ``None``: no tiles.
+
+    ``"avx512"`` (32 registers of 16 floats) or ``"avx2"`` (16 of 8, with FMA).
+    ``FERRUM_CPU_ISA=avx2`` builds the AVX2 kernels on an AVX-512 machine too
+    (with ``-mno-avx512f``), which is how they are tested and measured here.
+    """
+    flags = _cpu_flags().split()
+    if "avx512f" in flags and os.environ.get("FERRUM_CPU_ISA", "") != "avx2":
+        return "avx512"
+    if "avx2" in flags and "fma" in flags:
+        return "avx2"
+    return None
 
 
 def _build() -> ctypes.CDLL | None:
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if compiler is None:
         return None
+    isa = gemm_isa()
+    source = kernel_source(wide=isa == "avx512")
+    flags = [*_FLAGS, "-mno-avx512f"] if isa == "avx2" else _FLAGS
     # -march=native: a FERRUM_HOME shared between machines must not mix their builds.
-    key = "\n".join([_SOURCE, " ".join(_FLAGS), compiler, platform.machine(), _cpu_flags()])
+    key = "\n".join([source, " ".join(flags), compiler, platform.machine(), _cpu_flags()])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     target = _cache_dir() / f"ferrum_cpu_{digest}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             src = Path(tmp) / "kernels.c"
-            src.write_text(_SOURCE)
+            src.write_text(source)
             out = Path(tmp) / "kernels.so"
             done = subprocess.run(
-                [compiler, *_FLAGS, str(src), "-o", str(out)],
+                [compiler, *flags, str(src), "-o", str(out)],
                 capture_output=True,
                 timeout=120,
                 check=False,

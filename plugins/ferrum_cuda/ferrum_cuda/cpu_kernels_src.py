@@ -4,11 +4,11 @@ Plain C99 plus GCC vector extensions and OpenMP pragmas: built with ``-O3
 -march=native``, never ``-ffast-math``; exp is a vectorisable polynomial.
 """
 
-from ferrum_cuda.cpu_attention_src import ATTENTION_SOURCE
-from ferrum_cuda.cpu_gemm_src import GEMM_SOURCE
+from ferrum_cuda.cpu_attention_src import attention_source
+from ferrum_cuda.cpu_gemm_src import gemm_source
 from ferrum_cuda.cpu_step_src import STEP_SOURCE
 
-__all__ = ["SOURCE"]
+__all__ = ["kernel_source"]
 
 _BASE = r"""
 #include <math.h>
@@ -128,4 +128,8 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
 typedef int32_t i16 __attribute__((vector_size(64)));
 """
 
-SOURCE = _BASE + ATTENTION_SOURCE + GEMM_SOURCE + STEP_SOURCE
+
+
+def kernel_source(wide: bool) -> str:
+    """All kernels; register tiles for AVX-512 (``wide``) or for 16 narrower registers."""
+    return _BASE + attention_source(wide) + gemm_source(wide) + STEP_SOURCE

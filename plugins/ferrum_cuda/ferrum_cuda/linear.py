@@ -11,7 +11,7 @@ when its fused CPU kernels are on), the weight is instead packed into the
 16-column panels of :meth:`CpuKernels.panel_linear`, which streams the
 weights faster than oneDNN at decode's 1-16 rows and runs about as fast at
 a few dozen; it then serves every row count (one packed copy only).
-``FERRUM_CPU_GEMM=0`` (or a CPU without AVX-512) keeps oneDNN.
+``FERRUM_CPU_GEMM=0`` (or a CPU without AVX-512 or AVX2) keeps oneDNN.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from contextvars import ContextVar
 import torch
 import torch.nn.functional as F
 
-from ferrum_cuda.cpu_kernels import CpuKernels, has_avx512
+from ferrum_cuda.cpu_kernels import CpuKernels, gemm_isa
 
 __all__ = [
     "Linear",
@@ -47,8 +47,8 @@ def onednn_available() -> bool:
 
 
 def panel_gemm_enabled() -> bool:
-    """Without AVX-512 the tiles would spill (16 vector registers): oneDNN stays."""
-    return os.environ.get("FERRUM_CPU_GEMM", "1") != "0" and has_avx512()
+    """Tiles exist for AVX-512 and AVX2 (+FMA); elsewhere (or ``FERRUM_CPU_GEMM=0``) oneDNN."""
+    return os.environ.get("FERRUM_CPU_GEMM", "1") != "0" and gemm_isa() is not None
 
 
 @contextmanager

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,7 +109,8 @@ def test_panel_linear_matches_torch(kernels: CpuKernels, n: int, k: int) -> None
 
 
 needs_panels = pytest.mark.skipif(
-    not panel_gemm_enabled(), reason="no AVX-512 (or FERRUM_CPU_GEMM=0): oneDNN serves the linears"
+    not panel_gemm_enabled(),
+    reason="no AVX-512/AVX2 (or FERRUM_CPU_GEMM=0): oneDNN serves the linears",
 )
 
 
@@ -148,3 +153,33 @@ def test_decode_with_panel_gemm_matches_onednn_path(
             seqs[c] = [*seqs[c], token]
             np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
             np.testing.assert_allclose(a, model.logits(seqs[c]).numpy()[-1], atol=1e-4, rtol=0)
+
+
+def test_avx2_build_passes_the_same_tests(kernels: CpuKernels) -> None:
+    """On an AVX-512 machine the AVX2 tiles (16 registers of 8 floats) only run when asked
+    for: build them (``FERRUM_CPU_ISA=avx2``) and run the GEMM, attention and fused-step
+    tests against them in a child process."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text().split() if cpuinfo.exists() else []
+    if not {"avx2", "fma"} <= set(flags):
+        pytest.skip("no AVX2 on this CPU")
+    here = Path(__file__).parent
+    env = {**os.environ, "FERRUM_CPU_ISA": "avx2", "FERRUM_CPU_GEMM": "1"}
+    script = (
+        "import sys, pytest\n"
+        "from ferrum_cuda.cpu_kernels import cpu_kernels, gemm_isa\n"
+        "assert gemm_isa() == 'avx2' and cpu_kernels() is not None\n"
+        "sys.exit(pytest.main(sys.argv[1:]))\n"
+    )
+    tests = [
+        f"{here / 'test_torch_cpu_kernels.py'}::test_panel_linear_matches_torch",
+        f"{here / 'test_torch_cpu_kernels.py'}::test_decode_attention_matches_sdpa",
+        str(here / "test_torch_fused_step.py"),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", script, "-q", "-p", "no:cacheprovider", "--rootdir", str(here),
+         *tests],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-2000:]

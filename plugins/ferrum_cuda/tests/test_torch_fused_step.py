@@ -13,7 +13,7 @@ from torch_tiny import TinyModel, prompt
 from ferrum_core.llm.decoder import DecodeItem, UnifiedItem
 
 pytestmark = pytest.mark.skipif(
-    not panel_gemm_enabled(), reason="no AVX-512 (or FERRUM_CPU_GEMM=0): no panel-packed model"
+    not panel_gemm_enabled(), reason="no AVX-512/AVX2 (or FERRUM_CPU_GEMM=0): no panel-packed model"
 )
 
 
