@@ -13,9 +13,9 @@ __all__ = ["STEP_SOURCE", "LAYER_FIELDS"]
 LAYER_FIELDS = ("wqkv", "bqkv", "wo", "bo", "wgu", "bgu", "wd", "bd", "post_norm",
                 "next_norm", "kpool", "vpool")  # fmt: skip
 
-STEP_SOURCE = r"""
-enum { F_WQKV, F_BQKV, F_WO, F_BO, F_WGU, F_BGU, F_WD, F_BD, F_POST, F_NEXT, F_KPOOL,
-       F_VPOOL, F_COUNT };
+_ENUM = "enum { " + ", ".join(f"F_{name.upper()}" for name in LAYER_FIELDS) + ", F_COUNT };"
+
+STEP_SOURCE = _ENUM + r"""
 
 static inline int64_t panel_bytes(int64_t n, int64_t k) { return (n + 15) / 16 * k * 64; }
 
@@ -60,13 +60,13 @@ void ferrum_decode_step(const int64_t* table, int64_t layers, const float* norm0
                                 batch, nkv, nq / nkv, d, scale);
         ferrum_panel_gemm(attn, nq * d, p[F_WO], p[F_BO], o, hidden, batch, hidden, nq * d,
                           (const char*)p[F_WGU], panel_bytes(2 * inter, hidden));
-        ferrum_add_rms_norm(x, o, p[F_POST], h, batch, hidden, eps);
+        ferrum_add_rms_norm(x, o, p[F_POST_NORM], h, batch, hidden, eps);
         ferrum_panel_gemm(h, hidden, p[F_WGU], p[F_BGU], gu, 2 * inter, batch, 2 * inter,
                           hidden, (const char*)p[F_WD], panel_bytes(hidden, inter));
         ferrum_silu_mul(gu, act, batch, inter);
         ferrum_panel_gemm(act, inter, p[F_WD], p[F_BD], o, hidden, batch, hidden, inter,
                           next_qkv, next_bytes);
-        ferrum_add_rms_norm(x, o, p[F_NEXT], h, batch, hidden, eps);
+        ferrum_add_rms_norm(x, o, p[F_NEXT_NORM], h, batch, hidden, eps);
     }
     const char* first = layers > 0 ? (const char*)((const float* const*)table)[F_WQKV] : NULL;
     ferrum_panel_gemm(h, hidden, lm_head, NULL, logits, vocab, batch, vocab, hidden, first,
