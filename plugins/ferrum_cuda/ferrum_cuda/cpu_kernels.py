@@ -21,6 +21,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,8 @@ def _build() -> ctypes.CDLL | None:
     target = _cache_dir() / f"ferrum_cpu_{digest}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
+        _say(f"ferrum-cuda: building the fp32 CPU kernels for this CPU ({isa or 'no panel GEMM'}),"
+             f" once, into {target.parent} (~10 s)")  # fmt: skip
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             src = Path(tmp) / "kernels.c"
             src.write_text(source)
@@ -154,6 +157,14 @@ def _build() -> ctypes.CDLL | None:
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, None
     return lib
+
+
+def _say(line: str) -> None:
+    """One line on an interactive stderr (above any progress bar); silent in scripts."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stderr)
 
 
 def _ptr(t: torch.Tensor) -> int:
