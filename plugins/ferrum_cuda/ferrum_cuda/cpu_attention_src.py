@@ -13,7 +13,7 @@ its next pair's K and V into L2.
 
 __all__ = ["attention_source"]
 
-_PREFETCH = r"""
+_COMMON = r"""
 #define PREFETCH_HEAD_BYTES 8192
 
 /* The first lines of the next (sequence, kv head) pair's K and V rows, fetched into L2
@@ -209,7 +209,7 @@ def _attend(d: int) -> str:
 def attention_source(wide: bool) -> str:
     """With ``wide`` (32 registers of 16 floats) the generated head-dim 64 / 128 kernels;
     with 16 narrower registers they would spill, and the plain loop serves every head dim."""
-    parts = [_PREFETCH]
+    parts = [_COMMON]
     if wide:
         for d in (64, 128):
             parts += [_weighted_v(d, heads) for heads in range(1, 16 // (d // 16) + 1)]

@@ -24,7 +24,8 @@ from contextvars import ContextVar
 import torch
 import torch.nn.functional as F
 
-from ferrum_cuda.cpu_kernels import CpuKernels, gemm_isa
+from ferrum_cuda.cpu_build import gemm_isa
+from ferrum_cuda.cpu_kernels import CpuKernels
 
 __all__ = [
     "Linear",

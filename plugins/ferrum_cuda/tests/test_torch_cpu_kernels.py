@@ -167,7 +167,8 @@ def test_avx2_build_passes_the_same_tests(kernels: CpuKernels) -> None:
     env = {**os.environ, "FERRUM_CPU_ISA": "avx2", "FERRUM_CPU_GEMM": "1"}
     script = (
         "import sys, pytest\n"
-        "from ferrum_cuda.cpu_kernels import cpu_kernels, gemm_isa\n"
+        "from ferrum_cuda.cpu_build import gemm_isa\n"
+        "from ferrum_cuda.cpu_kernels import cpu_kernels\n"
         "assert gemm_isa() == 'avx2' and cpu_kernels() is not None\n"
         "sys.exit(pytest.main(sys.argv[1:]))\n"
     )
