@@ -200,3 +200,20 @@ def default_model_dir() -> Path:
     from ferrum_core.models import resolve_model_dir
 
     return resolve_model_dir(None)
+
+
+def build_tiny_gpt2(tmp_path: Path, *, seed: int = 0) -> Path:
+    """A random tiny GPT-2 (a family the core's ModelConfig does not parse), same tokenizer."""
+    import torch
+    import transformers as tf
+
+    config = tf.GPT2Config(
+        vocab_size=256, n_embd=32, n_layer=2, n_head=2, n_positions=128,
+        bos_token_id=BOS_ID, eos_token_id=IM_END_ID,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = tf.GPT2LMHeadModel(config).eval()
+    out = _unique_dir(tmp_path, "gpt2")
+    model.save_pretrained(out)
+    _write_tokenizer(out, 256, 128)
+    return out

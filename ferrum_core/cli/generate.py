@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["generate", "chat", "bench"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-DTYPES = ("fp32", "fp16", "bf16", "int8", "int4")
+DTYPES = ("auto", "fp32", "fp16", "bf16", "int8", "int4")
 
 
 @contextmanager
@@ -39,7 +39,9 @@ def _model_options(func: F) -> F:
         click.option("--model", "-m", default=None, metavar="DIR|FILE.gguf",
                      help="Model directory or GGUF file (default: the embedded default model)."),
         click.option("--backend", "-b", default=None, help="Backend name (default: selected)."),
-        click.option("--dtype", type=click.Choice(DTYPES), default="fp32", show_default=True),
+        click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+                     help="auto: a GGUF in its own quantisation where the backend can, a "
+                     "Hugging Face folder in its stored dtype; else the backend's best."),
         click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="CPU threads for the backend."),
         click.option("--max-model-len", type=click.IntRange(min=2), default=None),
@@ -103,6 +105,7 @@ def _as_json(output: RequestOutput, llm: LLM) -> dict[str, Any]:
         "finish_reason": completion.finish_reason,
         "timings": output.metrics.timings(),
         "backend": llm.backend,
+        "dtype": llm.dtype.value,
         "model": str(llm.model_path),
     }
     if completion.logprobs is not None:

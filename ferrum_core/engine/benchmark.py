@@ -106,7 +106,7 @@ def run_benchmark(
     return BenchmarkReport(
         backend=llm.backend,
         model=str(llm.model_path),
-        dtype=llm.config.dtype.value,
+        dtype=llm.dtype.value,
         num_requests=len(token_prompts),
         prompt_len=len(token_prompts[0]),
         output_len=output_len,

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ferrum_core.dtype_choice import DtypeChoice
 from ferrum_core.engine.sampling_params import validation_message
 from ferrum_core.errors import InvalidInputError
 from ferrum_core.protocol import (
@@ -22,12 +23,13 @@ class EngineConfig(BaseModel):
     """Engine and executor settings (DESIGN.md's `LLM(...)` config keys).
 
     ``None`` leaves the choice to the backend (``block_size``, ``num_kv_blocks``,
-    ``threads``, ``device``) or to the model (``max_model_len``).
+    ``threads``, ``device``) or to the model (``max_model_len``); ``dtype="auto"``
+    runs the weights as stored where the backend can (see :mod:`ferrum_core.dtype_choice`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dtype: DataType = DataType.FP32
+    dtype: DtypeChoice = "auto"
     block_size: int | None = Field(default=None, ge=1)
     num_kv_blocks: int | None = Field(default=None, ge=1)
     max_num_seqs: int = Field(default=64, ge=1)
@@ -46,8 +48,9 @@ class EngineConfig(BaseModel):
         except ValidationError as err:
             raise InvalidInputError(f"invalid LLM config: {validation_message(err)}") from None
 
-    def executor_config(self, model_path: str | None) -> ExecutorConfig:
-        """The executor's config; ``device`` is left to the backend unless set here."""
+    def executor_config(self, model_path: str | None, dtype: DataType) -> ExecutorConfig:
+        """The executor's config in ``dtype`` (``auto`` resolved by the caller); ``device``
+        is left to the backend unless set here."""
         options: dict[str, Any] = {"enable_prefix_caching": self.enable_prefix_caching}
         if self.threads is not None:
             options["threads"] = self.threads
@@ -56,7 +59,7 @@ class EngineConfig(BaseModel):
             return ExecutorConfig(
                 model_path=model_path,
                 **extra,
-                dtype=self.dtype,
+                dtype=dtype,
                 max_batch_size=self.max_num_seqs,
                 max_sequence_length=self.max_model_len,
                 attention_config=ExecutorAttentionConfig(block_size=self.block_size),

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from ferrum_core.dtype_choice import AUTO, resolve_dtype, stored_dtype
 from ferrum_core.engine.config import EngineConfig
 from ferrum_core.engine.engine import LLMEngine
 from ferrum_core.engine.lora import LoRARequest
@@ -19,6 +21,11 @@ from ferrum_core.engine.sampling_params import SamplingParams
 from ferrum_core.errors import InvalidInputError
 from ferrum_core.protocol import ModelExecutor
 from ferrum_core.registry import ExecutorRegistry
+from ferrum_core.types import DataType
+
+if TYPE_CHECKING:
+    from ferrum_core.backends import BackendDescriptor
+    from ferrum_core.models import LoadedModel
 
 __all__ = ["LLM"]
 
@@ -30,36 +37,40 @@ class LLM:
     default model. ``backend``: a backend name, or ``None`` to select one
     (``FERRUM_BACKEND``, then priority). ``config``: :class:`EngineConfig` keys
     (``dtype``, ``block_size``, ``num_kv_blocks``, ``max_num_seqs``, ...).
+    ``dtype`` defaults to ``"auto"``; :attr:`dtype` is what it resolved to on
+    :attr:`backend`. A backend that declares ``supported_model_types`` is
+    refused a model of another family with a typed error naming both.
     """
 
     def __init__(self, model: str | Path | None = None, backend: str | None = None,
                  **config: Any) -> None:
         from ferrum_core.backends import create_executor, get_backend
-        from ferrum_core.models import IncrementalDetokenizer, load_model
+        from ferrum_core.models import IncrementalDetokenizer
 
         self.config = EngineConfig.from_kwargs(config)
         steps = 3 + (self.config.speculative_model is not None)
         with tqdm(total=steps, desc="Loading", file=sys.stderr, disable=None, leave=False) as bar:
-            loaded = load_model(model, max_model_len=self.config.max_model_len)
-            loaded.weights.close()  # the backend opens the weights itself
-            self.tokenizer = loaded.tokenizer
-            self.model_path = loaded.path
-            bar.update()
             descriptor = get_backend(backend)
             self.backend = descriptor.name
-            bar.set_description(f"Loading model on {self.backend}")
-            target = create_executor(self.config.executor_config(str(loaded.path)), self.backend)
+            loaded = _load_for(model, descriptor, self.config.max_model_len)
+            self.tokenizer = loaded.tokenizer
+            self.model_path = loaded.path
+            self.dtype = _choose_dtype(self.config, loaded, descriptor)
+            bar.update()
+            bar.set_description(f"Loading model on {self.backend} ({self.dtype.value})")
+            target = create_executor(
+                self.config.executor_config(str(loaded.path), self.dtype), self.backend
+            )
             bar.update()
             draft: ModelExecutor | None = None
             if self.config.speculative_model is not None:
                 bar.set_description("Loading draft model")
-                draft_model = load_model(self.config.speculative_model,
-                                         max_model_len=self.config.max_model_len)
-                draft_model.weights.close()
+                draft_model = _load_for(self.config.speculative_model, descriptor,
+                                        self.config.max_model_len)
                 _check_draft_tokenizer(self.tokenizer.vocab_size,
                                        draft_model.tokenizer.vocab_size)
                 draft = create_executor(
-                    self.config.executor_config(str(draft_model.path)), self.backend
+                    self.config.executor_config(str(draft_model.path), self.dtype), self.backend
                 )
                 bar.update()
             self.registry = ExecutorRegistry()
@@ -193,6 +204,39 @@ class LLM:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _load_for(model: str | Path | None, descriptor: BackendDescriptor,
+              max_model_len: int | None) -> LoadedModel:
+    """Load ``model`` if the backend runs its family (weights closed: the backend reopens)."""
+    from ferrum_core.models import load_model
+    from ferrum_core.models.loader import check_model_type
+
+    caps = descriptor.capabilities
+    accepted = caps.supported_model_types if caps is not None else None
+    loaded = load_model(model, max_model_len=max_model_len, model_types=None)
+    loaded.weights.close()
+    check_model_type(loaded.model_type, accepted, f"backend {descriptor.name!r}")
+    return loaded
+
+
+def _choose_dtype(config: EngineConfig, loaded: LoadedModel,
+                  descriptor: BackendDescriptor) -> DataType:
+    caps = descriptor.capabilities
+    supported = caps.supported_dtypes if caps is not None else (DataType.FP32,)
+    if config.dtype == AUTO:
+        return resolve_dtype(AUTO, stored_dtype(_stored_elements(loaded)), supported)
+    return DataType(config.dtype)
+
+
+def _stored_elements(loaded: LoadedModel) -> dict[str, int]:
+    """Parameters per stored type (``F32``, ``BF16``, ``Q4_1``...), as the files hold them."""
+    weights = loaded.weights
+    counts: dict[str, int] = {}
+    for name in weights.names():
+        size = math.prod(weights.shape(name))
+        counts[weights.dtype(name)] = counts.get(weights.dtype(name), 0) + size
+    return counts
 
 
 def _check_draft_tokenizer(target_vocab: int, draft_vocab: int) -> None:

@@ -17,6 +17,8 @@ __all__ = ["BlockAllocator"]
 
 
 class BlockAllocator:
+    """Refcounted physical blocks: free list, shared blocks, and evictable cached ones."""
+
     def __init__(self, num_blocks: int, prefix_cache: PrefixCache | None = None) -> None:
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")

@@ -37,6 +37,13 @@ def _root(salt: str | None) -> int:
 
 
 class KvBlockManager:
+    """Block tables of every sequence of one paged KV pool (see the module docstring).
+
+    ``metrics()`` returns the pool accounting keys a paged backend's
+    ``cache_metrics_snapshot()`` reports (``kv_blocks_total``, ``kv_blocks_free``,
+    ``block_size``, ``prefix_cache_hits``, ``prefix_cache_misses``...).
+    """
+
     def __init__(
         self, num_blocks: int, block_size: int, *, enable_prefix_caching: bool = True
     ) -> None:

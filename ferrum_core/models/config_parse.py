@@ -14,9 +14,18 @@ from ferrum_core.models.config_rope import parse_rope
 if TYPE_CHECKING:
     from ferrum_core.models.config import ModelConfig
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "parse_config", "get_int", "get_float"]
+__all__ = [
+    "KNOWN_MODEL_TYPES",
+    "SUPPORTED_MODEL_TYPES",
+    "parse_config",
+    "raw_model_type",
+    "get_int",
+    "get_float",
+]
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+KNOWN_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+"""Families :class:`ModelConfig` parses; backends may accept more (``supported_model_types``)."""
+SUPPORTED_MODEL_TYPES = KNOWN_MODEL_TYPES  # the name before API version 1 settled
 
 _ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -74,7 +83,8 @@ def _token_ids(data: dict[str, Any], key: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def _model_type(data: dict[str, Any]) -> str:
+def raw_model_type(data: dict[str, Any]) -> str:
+    """``model_type`` of a ``config.json`` object (or the one its ``architectures`` imply)."""
     model_type = data.get("model_type")
     if model_type is None:
         archs = data.get("architectures") or []
@@ -82,9 +92,16 @@ def _model_type(data: dict[str, Any]) -> str:
         if not known:
             raise ConfigError("missing required key 'model_type'")
         model_type = known[0]
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if not isinstance(model_type, str) or not model_type:
+        raise ConfigError(f"key 'model_type' must be a non-empty string, got {model_type!r}")
+    return model_type
+
+
+def _model_type(data: dict[str, Any]) -> str:
+    model_type = raw_model_type(data)
+    if model_type not in KNOWN_MODEL_TYPES:
         raise ConfigError(
-            f"key 'model_type' is {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            f"key 'model_type' is {model_type!r}; supported: {', '.join(KNOWN_MODEL_TYPES)}"
         )
     return str(model_type)
 

@@ -66,6 +66,10 @@ class ExecutorCapabilities(BaseModel):
     supports_native_unified_decode: bool = False
     supports_lora: bool = False
     supports_prefix_caching: bool = False
+    supported_model_types: tuple[str, ...] | None = Field(
+        default=None,
+        description="config.json model_type values the backend runs; None = any family",
+    )
 
 
 class ExecutorState(StrEnum):

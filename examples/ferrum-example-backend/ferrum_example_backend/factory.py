@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from ferrum_core.errors import UnsupportedError
-from ferrum_core.llm import LlmExecutor
-from ferrum_core.models import load_model
-from ferrum_core.protocol import BatchModelExecutor, ExecutorConfig, ExecutorType, ModelExecutor
-from ferrum_core.types import DataType
+from ferrum_core.plugin import (
+    BatchModelExecutor,
+    DataType,
+    ExecutorConfig,
+    ExecutorType,
+    LlmExecutor,
+    ModelExecutor,
+    load_model,
+)
 from ferrum_example_backend.model import NumpyLlama
+from ferrum_example_backend.plugin import MODEL_TYPES
 
 __all__ = ["MAX_BATCH_SIZE", "ExampleFactory"]
 
@@ -27,13 +33,14 @@ class ExampleFactory:
 
     def create_executor(self, config: ExecutorConfig) -> ModelExecutor:
         self.validate_config(config)
-        loaded = load_model(config.model_path, max_model_len=config.max_sequence_length)
+        loaded = load_model(config.model_path, max_model_len=config.max_sequence_length,
+                            model_types=MODEL_TYPES)
         model = NumpyLlama.from_weights(
-            loaded.config,
+            loaded.known_config,
             loaded.weights,
             max_batch_size=min(config.max_batch_size, MAX_BATCH_SIZE),
         )
-        return LlmExecutor(model, model_id=loaded.path.name, model_type=loaded.config.model_type)
+        return LlmExecutor(model, model_id=loaded.path.name, model_type=loaded.model_type)
 
     def create_batch_executor(self, config: ExecutorConfig) -> BatchModelExecutor:
         raise UnsupportedError(

@@ -16,10 +16,15 @@ from typing import Any
 import numpy as np
 
 from ferrum_core.errors import InvalidInputError, UnsupportedError
-from ferrum_core.llm import ActiveLoraAdapter, DecodeItem, LlmRuntimeConfig, UnifiedItem
-from ferrum_core.models.config import ModelConfig
-from ferrum_core.models.rope import rope_inv_freq
-from ferrum_core.types import DataType
+from ferrum_core.plugin import (
+    ActiveLoraAdapter,
+    DataType,
+    DecodeItem,
+    LlmRuntimeConfig,
+    ModelConfig,
+    UnifiedItem,
+    rope_inv_freq,
+)
 from ferrum_example_backend.kv import SequenceKv
 from ferrum_example_backend.ops import activation, apply_rope, attention, rms_norm, rope_tables
 from ferrum_example_backend.weights import LayerWeights, ModelWeights, WeightSource, load_weights

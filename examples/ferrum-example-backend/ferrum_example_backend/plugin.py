@@ -11,18 +11,23 @@ import importlib.util
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-from ferrum_core.backends import ProbeResult, RegisterBackend
-from ferrum_core.hookspecs import hookimpl
-from ferrum_core.protocol.capabilities import (
+from ferrum_core.plugin import (
     AttentionType,
+    DataType,
     ExecutorCapabilities,
+    ProbeResult,
+    RegisterBackend,
+    hookimpl,
 )
-from ferrum_core.types import DataType
 
 if TYPE_CHECKING:
-    from ferrum_core.protocol import ModelExecutorFactory
+    from ferrum_core.plugin import ModelExecutorFactory
 
 FERRUM_API_VERSION = 1
+
+# The model families NumpyLlama implements (config.json ``model_type``); a model of
+# another family is refused before any weights are read.
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 # What the backend can do regardless of the model: `ferrum info example` prints it
 # without loading anything. An executor's capabilities() never claim more.
@@ -43,6 +48,7 @@ CAPABILITIES = ExecutorCapabilities(
     supports_native_unified_decode=False,
     supports_lora=False,
     supports_prefix_caching=False,
+    supported_model_types=MODEL_TYPES,
 )
 
 

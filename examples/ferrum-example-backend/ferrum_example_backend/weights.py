@@ -8,7 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from ferrum_core.errors import ModelLoadError
-from ferrum_core.models.config import ModelConfig
+from ferrum_core.plugin import ModelConfig
 
 __all__ = ["LayerWeights", "ModelWeights", "load_weights"]
 

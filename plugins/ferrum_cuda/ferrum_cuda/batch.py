@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from ferrum_core.kv import AppendResult
+from ferrum_core.plugin import AppendResult
 from ferrum_cuda.attention import SeqSpan
 
 __all__ = ["Want", "Work", "StepBatch"]

@@ -10,15 +10,12 @@ import os
 from typing import TYPE_CHECKING, Any, Literal
 
 from ferrum_core.errors import BackendUnavailableError, InvalidInputError, UnsupportedError
-from ferrum_core.protocol.config import ExecutorConfig, ExecutorType
-from ferrum_core.types import DataType
+from ferrum_core.plugin import DataType, ExecutorConfig, ExecutorType
 
 if TYPE_CHECKING:
     import torch
 
-    from ferrum_core.llm.executor import LlmExecutor
-    from ferrum_core.models.config import ModelConfig
-    from ferrum_core.protocol.executor import BatchModelExecutor
+    from ferrum_core.plugin import BatchModelExecutor, LlmExecutor, ModelConfig
 
 __all__ = ["TorchExecutorFactory", "default_num_blocks"]
 
@@ -117,16 +114,18 @@ class TorchExecutorFactory:
         self.validate_config(config)
         import torch
 
-        from ferrum_core.llm.executor import LlmExecutor
-        from ferrum_core.models import load_model, rope_inv_freq
+        from ferrum_core.plugin import LlmExecutor, load_model, rope_inv_freq
         from ferrum_cuda.model import TORCH_DTYPES, TorchDecoderLLM
 
         device = self._torch_device(self.device_for(config))
         options: dict[str, Any] = config.executor_options
         if options.get("threads"):
             torch.set_num_threads(int(options["threads"]))
-        loaded = load_model(config.model_path, max_model_len=config.max_sequence_length)
-        cfg = loaded.config
+        from ferrum_cuda.plugin import MODEL_TYPES
+
+        loaded = load_model(config.model_path, max_model_len=config.max_sequence_length,
+                            model_types=MODEL_TYPES)
+        cfg = loaded.known_config
         dtype = TORCH_DTYPES[config.dtype]
         block_size = config.attention_config.block_size or DEFAULT_BLOCK_SIZE
         num_blocks = config.memory_config.num_kv_blocks

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ferrum_core.models.config import ModelConfig
+from ferrum_core.plugin import ModelConfig
 from ferrum_cuda.attention import AttentionMetadata
 from ferrum_cuda.cpu_kernels import CpuKernels, StepDims, StepTensors
 from ferrum_cuda.cpu_step_src import LAYER_FIELDS

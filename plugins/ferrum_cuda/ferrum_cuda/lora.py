@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ferrum_core.errors import ModelLoadError, UnsupportedError
-from ferrum_core.llm.decoder import ActiveLoraAdapter
-from ferrum_core.models.config import ModelConfig
+from ferrum_core.plugin import ActiveLoraAdapter, ModelConfig
 
 __all__ = [
     "LoraModule",

@@ -16,11 +16,18 @@ import numpy as np
 import torch
 
 from ferrum_core.errors import InvalidInputError
-from ferrum_core.kv import AppendRequest, AppendResult, KvBlockManager
-from ferrum_core.llm.decoder import ActiveLoraAdapter, DecodeItem, LlmRuntimeConfig, UnifiedItem
-from ferrum_core.models.config import ModelConfig
-from ferrum_core.protocol.capabilities import AttentionType
-from ferrum_core.types import DataType
+from ferrum_core.plugin import (
+    ActiveLoraAdapter,
+    AppendRequest,
+    AppendResult,
+    AttentionType,
+    DataType,
+    DecodeItem,
+    KvBlockManager,
+    LlmRuntimeConfig,
+    ModelConfig,
+    UnifiedItem,
+)
 from ferrum_cuda.attention import build_metadata
 from ferrum_cuda.batch import StepBatch, Work
 from ferrum_cuda.cpu_kernels import cpu_kernels

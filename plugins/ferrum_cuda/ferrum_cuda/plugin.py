@@ -9,21 +9,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ferrum_core.hookspecs import hookimpl
-from ferrum_core.protocol.capabilities import (
-    AttentionType,
-    ExecutorCapabilities,
-)
-from ferrum_core.types import DataType
+from ferrum_core.plugin import AttentionType, DataType, ExecutorCapabilities, hookimpl
 from ferrum_cuda.probe import probe_cuda, probe_torch
 
 if TYPE_CHECKING:
-    from ferrum_core.backends import RegisterBackend
+    from ferrum_core.plugin import RegisterBackend
     from ferrum_cuda.factory import TorchExecutorFactory
 
 __all__ = ["FERRUM_API_VERSION", "ferrum_register_backends", "static_capabilities"]
 
 FERRUM_API_VERSION = 1
+
+# The families the PyTorch model code implements (config.json ``model_type``).
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 CUDA_PRIORITY = 100
 TORCH_PRIORITY = 10
@@ -50,6 +48,7 @@ def static_capabilities(device: str) -> ExecutorCapabilities:
         supports_native_unified_decode=True,
         supports_lora=True,
         supports_prefix_caching=True,
+        supported_model_types=MODEL_TYPES,
     )
 
 

@@ -11,7 +11,7 @@ import importlib.metadata
 import importlib.util
 from pathlib import Path
 
-from ferrum_core.backends import ProbeResult
+from ferrum_core.plugin import ProbeResult
 
 __all__ = ["torch_version", "nvidia_driver_present", "probe_cuda", "probe_torch"]
 

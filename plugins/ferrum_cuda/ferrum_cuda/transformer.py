@@ -12,7 +12,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from ferrum_core.models.config import ModelConfig
+from ferrum_core.plugin import ModelConfig
 from ferrum_cuda.attention import AttentionMetadata, attend
 from ferrum_cuda.cpu_kernels import CpuKernels
 from ferrum_cuda.fused_step import FusedDecodeStep

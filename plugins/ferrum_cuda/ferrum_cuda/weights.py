@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ferrum_core.errors import ModelLoadError
-from ferrum_core.models.config import ModelConfig
+from ferrum_core.plugin import ModelConfig
 from ferrum_cuda.linear import Linear, chain_prefetch
 
 __all__ = ["WeightReader", "LayerWeights", "ModelWeights", "load_weights"]

@@ -1,0 +1,67 @@
+"""``--dtype auto``: the dtype a model runs in on a backend, from how its weights are stored.
+
+A GGUF runs in its own quantisation where the backend can, otherwise in the
+best precision the backend supports; a Hugging Face folder in its stored dtype
+where the backend can, otherwise fp32 (or the best the backend has).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+from ferrum_core.errors import UnsupportedError
+from ferrum_core.types import DataType
+
+__all__ = ["AUTO", "DtypeChoice", "PRECISION_ORDER", "dtype_of_stored_type", "resolve_dtype",
+           "stored_dtype"]
+
+AUTO = "auto"
+DtypeChoice = DataType | Literal["auto"]
+
+PRECISION_ORDER = (DataType.FP32, DataType.BF16, DataType.FP16, DataType.INT8, DataType.INT4)
+"""Best precision first: what ``auto`` falls back on when the stored dtype cannot run."""
+
+_FLOAT_TYPES = {"F64": DataType.FP32, "F32": DataType.FP32, "F16": DataType.FP16,
+                "BF16": DataType.BF16}
+_EIGHT_BIT = ("Q8", "Q6", "Q5", "I8")
+
+
+def dtype_of_stored_type(stored_type: str) -> DataType:
+    """The Ferrum dtype that holds a stored tensor type without loss of its precision.
+
+    Safetensors and GGUF float types map to themselves; 5- to 8-bit GGUF
+    blocks (``Q8_0``, ``Q6_K``, ``Q5_1``...) to ``int8``; 4 bits and fewer
+    (``Q4_0``, ``Q4_1``, ``Q4_K``, ``IQ4_NL``, ``Q3_K``...) to ``int4``.
+    """
+    name = stored_type.upper()
+    if name in _FLOAT_TYPES:
+        return _FLOAT_TYPES[name]
+    if name.startswith(_EIGHT_BIT):
+        return DataType.INT8
+    return DataType.INT4
+
+
+def stored_dtype(elements_by_type: Mapping[str, int]) -> DataType:
+    """The dtype most parameters are stored in (counted in elements, not tensors)."""
+    totals: dict[DataType, int] = {}
+    for stored_type, count in elements_by_type.items():
+        dtype = dtype_of_stored_type(stored_type)
+        totals[dtype] = totals.get(dtype, 0) + int(count)
+    if not totals:
+        return DataType.FP32
+    return max(totals, key=lambda d: (totals[d], -PRECISION_ORDER.index(d)))
+
+
+def resolve_dtype(
+    requested: DtypeChoice | str, stored: DataType, supported: Sequence[DataType]
+) -> DataType:
+    """``requested`` itself, or for ``auto`` the stored dtype where supported, else the best."""
+    if requested != AUTO:
+        return DataType(requested)
+    if stored in supported:
+        return stored
+    for dtype in PRECISION_ORDER:
+        if dtype in supported:
+            return dtype
+    raise UnsupportedError("the backend declares no supported dtype")
