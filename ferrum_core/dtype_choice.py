@@ -7,14 +7,18 @@ where the backend can, otherwise fp32 (or the best the backend has).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ferrum_core.errors import UnsupportedError
 from ferrum_core.types import DataType
 
+if TYPE_CHECKING:
+    from ferrum_core.models.loader import LoadedModel
+
 __all__ = ["AUTO", "DtypeChoice", "PRECISION_ORDER", "dtype_of_stored_type", "resolve_dtype",
-           "stored_dtype"]
+           "stored_dtype", "stored_elements"]
 
 AUTO = "auto"
 DtypeChoice = DataType | Literal["auto"]
@@ -65,3 +69,13 @@ def resolve_dtype(
         if dtype in supported:
             return dtype
     raise UnsupportedError("the backend declares no supported dtype")
+
+
+def stored_elements(loaded: LoadedModel) -> dict[str, int]:
+    """Parameters per stored type (``F32``, ``BF16``, ``Q4_1``...), as the files hold them."""
+    weights = loaded.weights
+    counts: dict[str, int] = {}
+    for name in weights.names():
+        kind = weights.dtype(name)
+        counts[kind] = counts.get(kind, 0) + math.prod(weights.shape(name))
+    return counts

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from ferrum_core.dtype_choice import AUTO, resolve_dtype, stored_dtype
+from ferrum_core.dtype_choice import AUTO, resolve_dtype, stored_dtype, stored_elements
 from ferrum_core.engine.config import EngineConfig
 from ferrum_core.engine.engine import LLMEngine
 from ferrum_core.engine.lora import LoRARequest
@@ -225,18 +224,8 @@ def _choose_dtype(config: EngineConfig, loaded: LoadedModel,
     caps = descriptor.capabilities
     supported = caps.supported_dtypes if caps is not None else (DataType.FP32,)
     if config.dtype == AUTO:
-        return resolve_dtype(AUTO, stored_dtype(_stored_elements(loaded)), supported)
+        return resolve_dtype(AUTO, stored_dtype(stored_elements(loaded)), supported)
     return DataType(config.dtype)
-
-
-def _stored_elements(loaded: LoadedModel) -> dict[str, int]:
-    """Parameters per stored type (``F32``, ``BF16``, ``Q4_1``...), as the files hold them."""
-    weights = loaded.weights
-    counts: dict[str, int] = {}
-    for name in weights.names():
-        size = math.prod(weights.shape(name))
-        counts[weights.dtype(name)] = counts.get(weights.dtype(name), 0) + size
-    return counts
 
 
 def _check_draft_tokenizer(target_vocab: int, draft_vocab: int) -> None:
