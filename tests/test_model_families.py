@@ -103,3 +103,16 @@ def test_backend_that_accepts_the_family_runs_it(gpt2_dir: Path, families_backen
         for _ in range(6):
             ids.append(int(np.argmax(oracle(torch.tensor([ids])).logits[0, -1].numpy())))
     assert list(out.outputs[0].token_ids) == ids[len(prompt):]
+
+
+def test_instance_capabilities_name_the_loaded_family(gpt2_dir: Path,
+                                                      families_backend: str) -> None:
+    from ferrum_core.backends import create_executor
+    from ferrum_core.protocol import ExecutorConfig
+
+    executor = create_executor(ExecutorConfig(model_path=str(gpt2_dir)), families_backend)
+    try:
+        assert executor.capabilities().supported_model_types == ("gpt2",)
+        assert executor.info().model_type == "gpt2"
+    finally:
+        executor.shutdown()

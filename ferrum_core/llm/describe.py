@@ -30,8 +30,9 @@ def model_info_for(cfg: LlmRuntimeConfig, *, model_id: str, model_type: str) -> 
 
 
 def capabilities_for(
-    cfg: LlmRuntimeConfig, kv_capacity: int, native_unified: bool
+    cfg: LlmRuntimeConfig, kv_capacity: int, native_unified: bool, model_type: str | None = None
 ) -> ExecutorCapabilities:
+    """The instance's capabilities: what it can do with the one model it loaded."""
     width = cfg.dtype.bytes_per_element
     mechanisms = list(cfg.attention_mechanisms)
     if cfg.num_kv_heads == 1 and cfg.num_heads > 1:
@@ -70,4 +71,5 @@ def capabilities_for(
         supports_native_unified_decode=native_unified,
         supports_lora=cfg.supports_lora,
         supports_prefix_caching=cfg.prefix_caching,
+        supported_model_types=(model_type,) if model_type else None,
     )

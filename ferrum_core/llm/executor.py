@@ -263,7 +263,7 @@ class LlmExecutor(ModelExecutor):
 
     def capabilities(self) -> ExecutorCapabilities:
         native = self.supports_native_unified_decode()
-        return capabilities_for(self._cfg, self.kv_capacity(), native)
+        return capabilities_for(self._cfg, self.kv_capacity(), native, self._info.model_type)
 
     def status(self) -> ExecutorStatus:
         return self._stats.status(self._state, *self._model.memory_usage_bytes())
