@@ -4,33 +4,38 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
 
 from ferrum_core.errors import (
     BackendSelectionError,
     BackendUnavailableError,
+    FerrumError,
     PluginError,
+    RegistryError,
     UnknownBackendError,
 )
+from ferrum_core.hookspecs import MAX_PRIORITY, MIN_PRIORITY, RegisterBackend
 from ferrum_core.protocol.capabilities import ExecutorCapabilities
 from ferrum_core.protocol.config import ExecutorConfig
 from ferrum_core.protocol.executor import ModelExecutor, ModelExecutorFactory
 
 __all__ = [
-    "ProbeResult",
-    "BackendState",
-    "BackendDescriptor",
-    "BackendRecord",
-    "BackendRegistry",
-    "RegisterBackend",
-    "get_registry",
-    "reset_registry",
-    "get_backend",
-    "create_executor",
+    "PROBE_TIMEOUT_S", "ProbeResult", "BackendState", "BackendDescriptor", "BackendRecord",
+    "BackendRegistry", "RegisterBackend", "get_registry", "reset_registry", "get_backend",
+    "create_executor", "one_line", "probe_records",
 ]
+
+PROBE_TIMEOUT_S = 5.0
+"""Seconds a probe may run; one still running then leaves its backend unavailable."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +67,29 @@ class BackendDescriptor:
     distribution: str = ""
     version: str = ""
 
+    @property
+    def source(self) -> str:
+        return f"{self.distribution} {self.version} (plugin {self.plugin})"
+
+    def who(self) -> str:
+        return f"backend {self.name!r} of {self.source}"
+
     def factory(self) -> ModelExecutorFactory:
-        return self.factory_loader()
+        """Load the factory; a loader that fails or returns a non-factory is a PluginError."""
+        try:
+            made: object = self.factory_loader()
+        except FerrumError:
+            raise
+        except (Exception, SystemExit) as exc:
+            raise PluginError(f"{self.who()}: its factory raised {one_line(exc)}") from exc
+        missing = [m for m in ("create_executor", "validate_config")
+                   if not callable(getattr(made, m, None))]
+        if missing:
+            raise PluginError(
+                f"{self.who()}: its factory returned {type(made).__name__}, which has no "
+                f"{' or '.join(missing)}; expected a ModelExecutorFactory"
+            )
+        return made  # type: ignore[return-value]  # duck-typed: the two methods used
 
 
 @dataclass
@@ -80,64 +106,49 @@ class BackendRecord:
         return self.descriptor.name
 
 
-class RegisterBackend(Protocol):
-    def __call__(
-        self,
-        name: str,
-        *,
-        factory: Callable[[], ModelExecutorFactory],
-        probe: Callable[[], ProbeResult],
-        priority: int,
-        capabilities: ExecutorCapabilities | None = None,
-        api_version: int = 1,
-        description: str = "",
-    ) -> None: ...
-
-
 @dataclass
 class BackendRegistry:
-    """Backends by name. The first distribution to claim a name keeps it."""
+    """Backends by name. A name claimed twice is a ``duplicate`` for every claimant."""
 
     records: list[BackendRecord] = field(default_factory=list)
     strict: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _probe_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, descriptor: BackendDescriptor) -> BackendRecord:
         with self._lock:
-            owner = self._owner(descriptor.name)
             record = BackendRecord(descriptor, priority=descriptor.priority)
-            if owner is not None:
-                a, b = owner.descriptor, descriptor
-                record.state = BackendState.DUPLICATE
-                record.probed = True
-                record.reason = (
-                    f"backend name {b.name!r} is already registered by {a.distribution} "
-                    f"{a.version} (plugin {a.plugin}); {b.distribution} {b.version} "
-                    f"(plugin {b.plugin}) registers it too"
+            clash = [r for r in self.records if r.name == descriptor.name]
+            if clash:
+                claimants = [r.descriptor.source for r in [*clash, record]]
+                reason = (
+                    f"backend name {descriptor.name!r} is registered by "
+                    f"{', '.join(claimants[:-1])} and {claimants[-1]}; neither is selected "
+                    "(uninstall one, or limit plugins with FERRUM_PLUGINS)"
                 )
                 if self.strict:
-                    raise PluginError(record.reason)
+                    raise PluginError(reason)
+                for r in [*clash, record]:
+                    r.state, r.reason, r.probed = BackendState.DUPLICATE, reason, True
             self.records.append(record)
             return record
 
-    def _owner(self, name: str) -> BackendRecord | None:
-        for record in self.records:
-            if record.name == name and record.state != BackendState.DUPLICATE:
-                return record
-        return None
-
     def probe_all(self) -> None:
-        for record in self.records:
-            if not record.probed:
-                _probe(record)
+        """Probe every backend not probed yet, all at once (see :func:`probe_records`)."""
+        with self._probe_lock:
+            probe_records([r for r in self.records if not r.probed], strict=self.strict)
 
     def get(self, name: str) -> BackendRecord:
-        record = self._owner(name)
-        if record is None:
+        claimants = [r for r in self.records if r.name == name]
+        if not claimants:
             known = ", ".join(sorted({r.name for r in self.records})) or "none"
             raise UnknownBackendError(f"unknown backend {name!r} (registered: {known})")
-        if not record.probed:
-            _probe(record)
+        record = claimants[0]
+        if record.state == BackendState.DUPLICATE:
+            raise RegistryError(record.reason)
+        with self._probe_lock:
+            if not record.probed:
+                probe_records([record], strict=self.strict)
         return record
 
     def select(
@@ -173,24 +184,76 @@ class BackendRegistry:
             record.selected = False
         try:
             chosen = self.select(None, environ)
-        except (BackendSelectionError, BackendUnavailableError, UnknownBackendError):
+        except (BackendSelectionError, BackendUnavailableError, UnknownBackendError,
+                RegistryError):
             return None
         chosen.selected = True
         return chosen
 
 
-def _probe(record: BackendRecord) -> None:
-    record.probed = True
-    try:
-        result = record.descriptor.probe()
-    except Exception as exc:  # a probe bug marks that backend, nothing else
-        record.state = BackendState.UNAVAILABLE
-        record.reason = f"probe raised {type(exc).__name__}: {exc}"
-        return
-    record.state = BackendState.AVAILABLE if result.available else BackendState.UNAVAILABLE
-    record.reason = result.reason
-    if result.priority is not None:
-        record.priority = result.priority
+def _probe_problem(result: object) -> str | None:
+    """What is wrong with a probe's answer, or None when it is a sound ProbeResult."""
+    if not isinstance(result, ProbeResult):
+        return f"returned {type(result).__name__} ({result!r:.60}), not a ProbeResult"
+    prio = result.priority
+    for name, value, bad in (
+        ("available", result.available, not isinstance(result.available, bool)),
+        ("reason", result.reason, not isinstance(result.reason, str)),
+        ("priority", prio, prio is not None and (type(prio) is not int  # bool is no priority
+                                                  or not MIN_PRIORITY <= prio <= MAX_PRIORITY)),
+    ):
+        if bad:
+            return f"returned a ProbeResult whose {name} is invalid: {value!r:.60}"
+    return None
+
+
+@dataclass
+class _ProbeRun:
+    record: BackendRecord
+    result: object = None
+    error: BaseException | None = None
+
+    def __call__(self) -> None:
+        try:
+            self.result = self.record.descriptor.probe()
+        except BaseException as exc:  # SystemExit in a probe must not end the host
+            self.error = exc
+
+
+def probe_records(records: Sequence[BackendRecord], *, strict: bool = False) -> None:
+    """Run the records' probes in parallel daemon threads, each within ``PROBE_TIMEOUT_S``.
+
+    A probe that raises, returns something other than a sound ``ProbeResult`` or
+    does not answer in time leaves its backend ``unavailable`` with that reason
+    (a ``PluginError`` in strict mode). A ``KeyboardInterrupt`` still interrupts.
+    """
+    timeout = PROBE_TIMEOUT_S
+    runs = [_ProbeRun(r) for r in records]
+    threads = [threading.Thread(target=run, name=f"ferrum-probe-{run.record.name}",
+                                daemon=True) for run in runs]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    faults: list[str] = []
+    for run, thread in zip(runs, threads, strict=True):
+        thread.join(max(0.0, deadline - time.monotonic()))
+        record, result, error = run.record, run.result, run.error
+        record.probed = True
+        if isinstance(error, KeyboardInterrupt):
+            raise error
+        fault = (f"did not answer within {timeout:g} s" if thread.is_alive()
+                 else f"raised {one_line(error)}" if error is not None
+                 else _probe_problem(result))
+        if fault is not None or not isinstance(result, ProbeResult):
+            record.state, record.reason = BackendState.UNAVAILABLE, f"probe {fault}"
+            faults.append(f"{record.descriptor.who()}: probe {fault}")
+            continue
+        record.state = BackendState.AVAILABLE if result.available else BackendState.UNAVAILABLE
+        record.reason = result.reason
+        if result.priority is not None:
+            record.priority = result.priority
+    if strict and faults:
+        raise PluginError(faults[0])
 
 
 _REGISTRY: BackendRegistry | None = None
@@ -220,7 +283,14 @@ def get_backend(name: str | None = None) -> BackendDescriptor:
 
 
 def create_executor(config: ExecutorConfig, backend: str | None = None) -> ModelExecutor:
-    """Select a backend and build an executor with its factory."""
-    factory = get_backend(backend).factory()
+    """Select a backend and build an executor with its factory (checked: a PluginError if not)."""
+    descriptor = get_backend(backend)
+    factory = descriptor.factory()
     factory.validate_config(config)
-    return factory.create_executor(config)
+    executor: object = factory.create_executor(config)
+    if not isinstance(executor, ModelExecutor):
+        raise PluginError(
+            f"{descriptor.who()}: create_executor returned {type(executor).__name__}, "
+            "not a ModelExecutor"
+        )
+    return executor

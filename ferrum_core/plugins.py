@@ -2,26 +2,31 @@
 
 Every fault is contained to the plugin that caused it and reported with a
 one-line reason; ``FERRUM_STRICT_PLUGINS`` turns faults into errors and
-``FERRUM_PLUGINS`` limits which entry points load.
+``FERRUM_PLUGINS`` limits which entry points load. What a plugin registers is
+validated, and it may register only the backend names its distribution
+declares in the ``ferrum.backends`` entry-point group (reserved names only
+from their own distributions).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import Annotated, Any
 
 import pluggy
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ferrum_core import hookspecs
-from ferrum_core.backends import BackendDescriptor, BackendRegistry, ProbeResult
+from ferrum_core.backends import BackendDescriptor, BackendRegistry, one_line
 from ferrum_core.errors import PluginError
+from ferrum_core.hookspecs import BACKENDS_GROUP, RESERVED_BACKEND_NAMES
 from ferrum_core.protocol.capabilities import ExecutorCapabilities
-from ferrum_core.protocol.executor import ModelExecutorFactory
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -58,8 +63,23 @@ class Discovery:
     registry: BackendRegistry = field(default_factory=BackendRegistry)
 
 
-class _Incompatible(Exception):
-    pass
+class Registration(BaseModel):
+    """One ``register(...)`` call, validated (strict: no coercion, right types only)."""
+
+    model_config = ConfigDict(
+        strict=True, frozen=True, extra="forbid", arbitrary_types_allowed=True
+    )
+
+    name: Annotated[str, Field(pattern=hookspecs.BACKEND_NAME_PATTERN)]
+    factory: Callable[[], Any]
+    probe: Callable[[], Any]
+    priority: Annotated[int, Field(ge=hookspecs.MIN_PRIORITY, le=hookspecs.MAX_PRIORITY)]
+    capabilities: ExecutorCapabilities | None = None
+    description: str = ""
+
+
+class _Rejected(Exception):
+    """A registration the core refused; raised into the hook and recorded."""
 
 
 def strict_mode(environ: Mapping[str, str] | None = None) -> bool:
@@ -67,9 +87,8 @@ def strict_mode(environ: Mapping[str, str] | None = None) -> bool:
     return env.get("FERRUM_STRICT_PLUGINS", "").strip().lower() in _TRUTHY
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+def _canonical(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
 
 
 def _allowed(environ: Mapping[str, str]) -> set[str] | None:
@@ -77,6 +96,15 @@ def _allowed(environ: Mapping[str, str]) -> set[str] | None:
     if raw is None or not raw.strip():
         return None
     return {name.strip() for name in raw.split(",") if name.strip()}
+
+
+def _declarations() -> dict[str, set[str]]:
+    """Backend name -> canonical names of the distributions declaring it."""
+    declared: dict[str, set[str]] = {}
+    for ep in entry_points(group=BACKENDS_GROUP):
+        dist = getattr(ep, "dist", None)
+        declared.setdefault(ep.name, set()).add(_canonical(dist.name if dist else ""))
+    return declared
 
 
 def discover(environ: Mapping[str, str] | None = None) -> Discovery:
@@ -87,6 +115,7 @@ def discover(environ: Mapping[str, str] | None = None) -> Discovery:
     result = Discovery(registry=BackendRegistry(strict=strict))
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
+    declared = _declarations()
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         dist = getattr(ep, "dist", None)
         record = PluginRecord(
@@ -99,29 +128,36 @@ def discover(environ: Mapping[str, str] | None = None) -> Discovery:
             record.state = PluginState.DISABLED
             record.reason = "not listed in FERRUM_PLUGINS"
             continue
-        _load(ep, record, manager, result.registry)
-        if strict and record.state != PluginState.LOADED:
+        legacy = _load(ep, record, manager, result.registry, declared)
+        if strict and (record.state != PluginState.LOADED or legacy):
             raise PluginError(f"plugin {ep.name} ({record.distribution}): {record.reason}")
     return result
 
 
 def _load(
-    ep: EntryPoint, record: PluginRecord, manager: pluggy.PluginManager, registry: BackendRegistry
-) -> None:
+    ep: EntryPoint,
+    record: PluginRecord,
+    manager: pluggy.PluginManager,
+    registry: BackendRegistry,
+    declared: dict[str, set[str]],
+) -> bool:
+    """Load one plugin into ``record`` and ``registry``; True if it registered undeclared."""
     try:
         module = importlib.import_module(ep.module)
         plugin = ep.load()  # the module itself, or the object named after ``:``
+    except KeyboardInterrupt:
+        raise
     except BaseException as exc:  # SystemExit in a plugin must not end the host
-        record.state, record.reason = PluginState.FAILED, _one_line(exc)
-        return
-    declared = getattr(module, "FERRUM_API_VERSION", None)
-    if declared != hookspecs.API_VERSION:
+        record.state, record.reason = PluginState.FAILED, one_line(exc)
+        return False
+    api = getattr(module, "FERRUM_API_VERSION", None)
+    if api != hookspecs.API_VERSION:
         record.state = PluginState.INCOMPATIBLE
         record.reason = (
-            f"plugin API version {declared!r}; this ferrum-core speaks {hookspecs.API_VERSION}"
+            f"plugin API version {api!r}; this ferrum-core speaks {hookspecs.API_VERSION}"
         )
-        return
-    pending: list[BackendDescriptor] = []
+        return False
+    calls = _Registrations(record, declared)
     try:
         # Two distributions may use the same entry-point name: key pluggy by both.
         manager.register(plugin, name=f"{record.distribution}:{ep.name}")
@@ -130,21 +166,27 @@ def _load(
             "ferrum_register_backends",
             remove_plugins=[p for p in manager.get_plugins() if p is not plugin],
         )
-        caller(register=_register_callback(pending, record))
-    except _Incompatible as exc:
-        record.state, record.reason = PluginState.INCOMPATIBLE, str(exc)
-        _unregister(manager, plugin)
-        return
-    except PluginError:
+        caller(register=calls.register)
+    except KeyboardInterrupt:
         raise
     except BaseException as exc:
-        record.state, record.reason = PluginState.FAILED, _one_line(exc)
+        if not calls.faults:
+            calls.faults.append((PluginState.FAILED, one_line(exc)))
+    if calls.faults:  # the first refusal counts, even if the hook swallowed it
+        record.state, record.reason = calls.faults[0]
         _unregister(manager, plugin)
-        return
-    if not pending:
+        return False
+    if not calls.pending:
         record.reason = "registered no backends"
-    for descriptor in pending:
+    undeclared = [d.name for d in calls.pending if d.name not in calls.own]
+    if undeclared:
+        record.reason = (
+            f"{record.distribution} declares no {BACKENDS_GROUP!r} entry points; "
+            f"add one per backend it registers ({', '.join(undeclared)})"
+        )
+    for descriptor in calls.pending:
         registry.add(descriptor)
+    return bool(undeclared)
 
 
 def _unregister(manager: pluggy.PluginManager, plugin: object) -> None:
@@ -152,43 +194,78 @@ def _unregister(manager: pluggy.PluginManager, plugin: object) -> None:
         manager.unregister(plugin)
 
 
-def _register_callback(
-    pending: list[BackendDescriptor], record: PluginRecord
-) -> Callable[..., None]:
+def _validation_reason(exc: ValidationError) -> str:
+    parts = [
+        f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}"
+        + ("" if err["type"] == "missing" else f" (got {err['input']!r:.40})")
+        for err in exc.errors()
+    ]
+    return "; ".join(" ".join(p.split()) for p in parts)
+
+
+@dataclass
+class _Registrations:
+    """The ``register`` callback of one plugin: validates, checks names, collects."""
+
+    record: PluginRecord
+    declared: dict[str, set[str]]
+    pending: list[BackendDescriptor] = field(default_factory=list)
+    faults: list[tuple[PluginState, str]] = field(default_factory=list)
+
+    @property
+    def own(self) -> set[str]:
+        me = _canonical(self.record.distribution)
+        return {name for name, dists in self.declared.items() if me in dists}
+
+    def _refuse(self, reason: str, state: PluginState = PluginState.FAILED) -> _Rejected:
+        self.faults.append((state, reason))
+        return _Rejected(reason)
+
     def register(
-        name: str,
-        *,
-        factory: Callable[[], ModelExecutorFactory],
-        probe: Callable[[], ProbeResult],
-        priority: int,
-        capabilities: ExecutorCapabilities | None = None,
-        api_version: int = hookspecs.API_VERSION,
-        description: str = "",
-        **unknown: Any,
+        self, name: object = None, *, api_version: object = hookspecs.API_VERSION, **kwargs: Any
     ) -> None:
         if api_version != hookspecs.API_VERSION:
-            raise _Incompatible(
+            raise self._refuse(
                 f"backend {name!r} declares API version {api_version!r}; "
-                f"this ferrum-core speaks {hookspecs.API_VERSION}"
+                f"this ferrum-core speaks {hookspecs.API_VERSION}",
+                PluginState.INCOMPATIBLE,
             )
-        if unknown:
-            raise TypeError(f"register() got unexpected arguments {sorted(unknown)}")
-        if not isinstance(name, str) or not name:
-            raise TypeError("backend name must be a non-empty string")
-        if not callable(factory) or not callable(probe):
-            raise TypeError(f"backend {name!r}: factory and probe must be callables")
-        pending.append(
+        try:
+            reg = Registration.model_validate({"name": name, **kwargs})
+        except ValidationError as exc:
+            raise self._refuse(
+                f"invalid register({name!r:.40}): {_validation_reason(exc)}"
+            ) from None
+        problem = self._ownership_problem(reg.name)
+        if problem:
+            raise self._refuse(problem)
+        record = self.record
+        self.pending.append(
             BackendDescriptor(
-                name=name,
-                factory_loader=factory,
-                probe=probe,
-                priority=int(priority),
-                capabilities=capabilities,
-                description=description,
-                plugin=record.entry_point,
-                distribution=record.distribution,
-                version=record.version,
+                name=reg.name, factory_loader=reg.factory, probe=reg.probe,
+                priority=reg.priority, capabilities=reg.capabilities,
+                description=reg.description, plugin=record.entry_point,
+                distribution=record.distribution, version=record.version,
             )
         )
 
-    return register
+    def _ownership_problem(self, name: str) -> str | None:
+        me, dist = _canonical(self.record.distribution), self.record.distribution
+        owner = RESERVED_BACKEND_NAMES.get(name)
+        if owner is not None and owner != me:
+            return f"backend name {name!r} is reserved for {owner}; {dist} may not register it"
+        if any(d.name == name for d in self.pending):
+            return f"registers backend {name!r} twice"
+        own = self.own
+        if own and name not in own:
+            return (
+                f"registers backend {name!r}, which {dist} does not declare: its "
+                f"{BACKENDS_GROUP!r} entry points name only {', '.join(sorted(own))}"
+            )
+        others = sorted(self.declared.get(name, set()) - {me})
+        if not own and others:
+            return (
+                f"registers backend {name!r}, which {' and '.join(others)} declares; "
+                f"{dist} declares no {BACKENDS_GROUP!r} entry points"
+            )
+        return None

@@ -1,7 +1,8 @@
 """Throwaway plugins: a module plus a `*.dist-info` with `entry_points.txt` on sys.path.
 
 To `importlib.metadata` that is a real installed distribution, so discovery
-runs exactly as it does for `pip install`ed plugins.
+runs exactly as it does for `pip install`ed plugins. ``declares`` writes the
+``[ferrum.backends]`` section: the backend names the distribution may register.
 """
 
 from __future__ import annotations
@@ -45,8 +46,12 @@ class PluginFactory:
         *,
         entry_point: str | None = None,
         version: str = "1.0",
+        declares: list[str] | None = None,
     ) -> str:
-        """Write a distribution whose entry point loads ``body``; return the entry-point name."""
+        """Write a distribution whose entry point loads ``body``; return the entry-point name.
+
+        ``declares=None`` writes no ``[ferrum.backends]`` section (a legacy plugin).
+        """
         n = next(_counter)
         module = f"ferrum_testplug_{n}"
         ep_name = entry_point or f"plug{n}"
@@ -56,7 +61,10 @@ class PluginFactory:
         (info / "METADATA").write_text(
             f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n"
         )
-        (info / "entry_points.txt").write_text(f"[ferrum]\n{ep_name} = {module}\n")
+        text = f"[ferrum]\n{ep_name} = {module}\n"
+        if declares is not None:
+            text += "\n[ferrum.backends]\n" + "".join(f"{n} = {module}\n" for n in declares)
+        (info / "entry_points.txt").write_text(text)
         return ep_name
 
     def backend(
@@ -67,15 +75,20 @@ class PluginFactory:
         api: int = 1,
         entry_point: str | None = None,
         reason: str = "probe says so",
+        declares: list[str] | None = None,
     ) -> str:
-        """A well-formed plugin registering ``(name, priority, available)`` backends."""
+        """A well-formed plugin registering ``(name, priority, available)`` backends.
+
+        It declares the names it registers unless ``declares`` says otherwise.
+        """
         lines = [
             f"    register({name!r}, factory=_factory, priority={prio},"
             f" probe=lambda: ProbeResult({avail}, {reason!r}))"
             for name, prio, avail in backends
         ] or ["    pass"]
         body = GOOD_BODY.format(api=api, registrations="\n".join(lines))
-        return self.make(dist, body, entry_point=entry_point)
+        names = [name for name, _, _ in backends] if declares is None else declares
+        return self.make(dist, body, entry_point=entry_point, declares=names)
 
 
 @pytest.fixture

@@ -101,7 +101,7 @@ def test_info_json_and_unknown_backend(plugin_factory: PluginFactory) -> None:
         register("capsy", factory=lambda: None, probe=lambda: ProbeResult(True, "ok"),
                  priority=3, capabilities=CAPS, description="test backend")
     """
-    ep = plugin_factory.make("capsy-dist", body)
+    ep = plugin_factory.make("capsy-dist", body, declares=["capsy"])
     env = {"FERRUM_PLUGINS": ep}
     result = run("info", "capsy", "--json", env=env)
     assert result.exit_code == 0, result.output
@@ -140,3 +140,19 @@ def test_list_backends_imports_no_array_library() -> None:
     assert not {"torch", "mlx", "onnxruntime", "onnx", "transformers"} & set(
         heavy[len("HEAVY="):].split(",")
     ), heavy
+
+
+def test_duplicate_name_in_table_info_and_notes(plugin_factory: PluginFactory) -> None:
+    a = plugin_factory.backend("alpha-dist", [("same", 10, True)])
+    b = plugin_factory.backend("beta-dist", [("same", 20, True)])
+    old = plugin_factory.backend("old-dist", [("old", 1, True)], declares=[])
+    env = {"FERRUM_PLUGINS": f"{a},{b},{old}"}
+    table = run("list-backends", env=env)
+    assert table.exit_code == 0
+    rows = [x for x in table.output.splitlines() if x.split()[:1] == ["same"]]
+    assert len(rows) == 2 and all("duplicate" in x and "beta-dist" in x for x in rows)
+    assert "old-dist declares no 'ferrum.backends' entry points" in table.output
+    reset_registry()
+    info = CliRunner().invoke(cli, ["info", "same"], env=env)
+    assert info.exit_code == 1 and "alpha-dist" in info.output and "beta-dist" in info.output
+    assert "Traceback" not in info.output

@@ -9,6 +9,7 @@ from ferrum_core.errors import (
     BackendSelectionError,
     BackendUnavailableError,
     PluginError,
+    RegistryError,
     UnknownBackendError,
 )
 from ferrum_core.plugins import PluginState, discover, strict_mode
@@ -74,7 +75,7 @@ def test_raising_hook_is_reported_and_its_partial_registrations_dropped(
         register("half", factory=lambda: None, probe=lambda: ProbeResult(True), priority=1)
         raise ValueError("hook blew up\\nsecond line")
     """
-    bad = plugin_factory.make("raising-dist", body)
+    bad = plugin_factory.make("raising-dist", body, declares=["half"])
     good = plugin_factory.backend("ok-dist", [("ok", 1, True)])
     found = discover(only(bad, good))
     rec = plugin(found, bad)
@@ -97,7 +98,7 @@ def test_api_version_mismatch_is_incompatible(plugin_factory: PluginFactory, whe
             register("future", factory=lambda: None, probe=lambda: ProbeResult(True),
                      priority=1, api_version=7)
         """
-        ep = plugin_factory.make("future-dist", body)
+        ep = plugin_factory.make("future-dist", body, declares=["future"])
     found = discover(only(ep))
     rec = plugin(found, ep)
     assert rec.state == PluginState.INCOMPATIBLE
@@ -109,11 +110,13 @@ def test_duplicate_backend_names_both_distributions(plugin_factory: PluginFactor
     first = plugin_factory.backend("alpha-dist", [("same", 10, True)], entry_point="a_first")
     second = plugin_factory.backend("beta-dist", [("same", 20, True)], entry_point="b_second")
     found = discover(only(first, second))
-    dup = backend(found, "same", BackendState.DUPLICATE)
-    assert "alpha-dist" in dup.reason and "beta-dist" in dup.reason
-    winner = found.registry.get("same")
-    assert winner.descriptor.distribution == "alpha-dist"
-    assert found.registry.select(None, {}).descriptor.distribution == "alpha-dist"
+    same = [r for r in found.registry.records if r.name == "same"]
+    assert [r.state for r in same] == [BackendState.DUPLICATE] * 2  # neither wins silently
+    assert all("alpha-dist" in r.reason and "beta-dist" in r.reason for r in same)
+    with pytest.raises(RegistryError, match=r"alpha-dist .*beta-dist"):
+        found.registry.get("same")
+    with pytest.raises(BackendUnavailableError, match="no backend is available"):
+        found.registry.select(None, {})
 
 
 def test_strict_mode_turns_faults_into_errors(plugin_factory: PluginFactory) -> None:
@@ -184,7 +187,7 @@ def test_probe_priority_override_and_raising_probe(plugin_factory: PluginFactory
                  probe=lambda: ProbeResult(True, "metal", priority=80))
         register("flaky", factory=lambda: None, priority=90, probe=bad_probe)
     """
-    ep = plugin_factory.make("dyn-dist", body)
+    ep = plugin_factory.make("dyn-dist", body, declares=["dyn", "flaky"])
     reg = discover(only(ep)).registry
     reg.probe_all()
     assert reg.get("dyn").priority == 80
@@ -217,10 +220,10 @@ def test_entry_point_naming_an_object_and_a_misspelled_hook(plugin_factory: Plug
 
     PLUGIN = Plugin()
     """
-    ep = plugin_factory.make("obj-dist", body)
+    ep = plugin_factory.make("obj-dist", body, declares=["objy"])
     dist_info = next(plugin_factory.root.glob("obj_dist-*.dist-info"))
-    text = (dist_info / "entry_points.txt").read_text().strip() + ":PLUGIN\n"
-    (dist_info / "entry_points.txt").write_text(text)
+    first, rest = (dist_info / "entry_points.txt").read_text().split("\n", 2)[1:]
+    (dist_info / "entry_points.txt").write_text(f"[ferrum]\n{first}:PLUGIN\n{rest}")
     typo = plugin_factory.make("typo-dist", """
     from ferrum_core.hookspecs import hookimpl
     FERRUM_API_VERSION = 1

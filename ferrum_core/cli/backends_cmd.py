@@ -38,6 +38,11 @@ def list_backends(as_json: bool) -> None:
         click.echo("\nplugins not loaded:")
         for p in broken:
             click.echo(f"  {p.entry_point} ({p.distribution} {p.version}): {p.state}: {p.reason}")
+    notes = [p for p in report.plugins if p.state == "loaded" and p.reason]
+    if notes:
+        click.echo("\nplugin notes:")
+        for p in notes:
+            click.echo(f"  {p.entry_point} ({p.distribution} {p.version}): {p.reason}")
 
 
 @click.command("info")
