@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -17,7 +16,8 @@ from ferrum_core.errors import (
     RegistryError,
     UnknownBackendError,
 )
-from ferrum_core.hookspecs import MAX_PRIORITY, MIN_PRIORITY, RegisterBackend
+from ferrum_core.hookspecs import RegisterBackend
+from ferrum_core.probing import PROBE_TIMEOUT_S, ProbeResult, one_line, run_probes
 from ferrum_core.protocol.capabilities import ExecutorCapabilities
 from ferrum_core.protocol.config import ExecutorConfig
 from ferrum_core.protocol.executor import ModelExecutor, ModelExecutorFactory
@@ -27,25 +27,6 @@ __all__ = [
     "BackendRegistry", "RegisterBackend", "get_registry", "reset_registry", "get_backend",
     "create_executor", "one_line", "probe_records",
 ]
-
-PROBE_TIMEOUT_S = 5.0
-"""Seconds a probe may run; one still running then leaves its backend unavailable."""
-
-
-def one_line(exc: BaseException) -> str:
-    """``Type: message`` on one line."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    """A cheap availability check's answer; ``priority`` may override the registered one."""
-
-    available: bool
-    reason: str = ""
-    priority: int | None = None
-
 
 class BackendState(StrEnum):
     AVAILABLE = "available"
@@ -191,67 +172,22 @@ class BackendRegistry:
         return chosen
 
 
-def _probe_problem(result: object) -> str | None:
-    """What is wrong with a probe's answer, or None when it is a sound ProbeResult."""
-    if not isinstance(result, ProbeResult):
-        return f"returned {type(result).__name__} ({result!r:.60}), not a ProbeResult"
-    prio = result.priority
-    for name, value, bad in (
-        ("available", result.available, not isinstance(result.available, bool)),
-        ("reason", result.reason, not isinstance(result.reason, str)),
-        ("priority", prio, prio is not None and (type(prio) is not int  # bool is no priority
-                                                  or not MIN_PRIORITY <= prio <= MAX_PRIORITY)),
-    ):
-        if bad:
-            return f"returned a ProbeResult whose {name} is invalid: {value!r:.60}"
-    return None
-
-
-@dataclass
-class _ProbeRun:
-    record: BackendRecord
-    result: object = None
-    error: BaseException | None = None
-
-    def __call__(self) -> None:
-        try:
-            self.result = self.record.descriptor.probe()
-        except BaseException as exc:  # SystemExit in a probe must not end the host
-            self.error = exc
-
-
 def probe_records(records: Sequence[BackendRecord], *, strict: bool = False) -> None:
-    """Run the records' probes in parallel daemon threads, each within ``PROBE_TIMEOUT_S``.
-
-    A probe that raises, returns something other than a sound ``ProbeResult`` or
-    does not answer in time leaves its backend ``unavailable`` with that reason
-    (a ``PluginError`` in strict mode). A ``KeyboardInterrupt`` still interrupts.
-    """
-    timeout = PROBE_TIMEOUT_S
-    runs = [_ProbeRun(r) for r in records]
-    threads = [threading.Thread(target=run, name=f"ferrum-probe-{run.record.name}",
-                                daemon=True) for run in runs]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + timeout
+    """Probe ``records`` in parallel (:func:`~ferrum_core.probing.run_probes`) and set their
+    states: a probe that fails, lies or times out leaves its backend ``unavailable`` with
+    that reason (a ``PluginError`` in strict mode)."""
+    outcomes = run_probes([r.descriptor.probe for r in records], [r.name for r in records])
     faults: list[str] = []
-    for run, thread in zip(runs, threads, strict=True):
-        thread.join(max(0.0, deadline - time.monotonic()))
-        record, result, error = run.record, run.result, run.error
+    for record, outcome in zip(records, outcomes, strict=True):
         record.probed = True
-        if isinstance(error, KeyboardInterrupt):
-            raise error
-        fault = (f"did not answer within {timeout:g} s" if thread.is_alive()
-                 else f"raised {one_line(error)}" if error is not None
-                 else _probe_problem(result))
-        if fault is not None or not isinstance(result, ProbeResult):
-            record.state, record.reason = BackendState.UNAVAILABLE, f"probe {fault}"
-            faults.append(f"{record.descriptor.who()}: probe {fault}")
+        if isinstance(outcome, str):
+            record.state, record.reason = BackendState.UNAVAILABLE, f"probe {outcome}"
+            faults.append(f"{record.descriptor.who()}: probe {outcome}")
             continue
-        record.state = BackendState.AVAILABLE if result.available else BackendState.UNAVAILABLE
-        record.reason = result.reason
-        if result.priority is not None:
-            record.priority = result.priority
+        record.state = BackendState.AVAILABLE if outcome.available else BackendState.UNAVAILABLE
+        record.reason = outcome.reason
+        if outcome.priority is not None:
+            record.priority = outcome.priority
     if strict and faults:
         raise PluginError(faults[0])
 

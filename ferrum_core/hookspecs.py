@@ -90,7 +90,7 @@ def ferrum_register_backends(register: RegisterBackend) -> None:
     ``name`` is a short lowercase identifier declared in the distribution's
     ``ferrum.backends`` entry points; ``priority`` an int from 0 to 100;
     ``factory`` and ``probe`` callables taking no arguments (the probe returns a
-    ``ProbeResult`` within ``ferrum_core.backends.PROBE_TIMEOUT_S`` seconds);
+    ``ProbeResult`` within ``ferrum_core.probing.PROBE_TIMEOUT_S`` seconds);
     ``capabilities`` an ``ExecutorCapabilities`` or None. An invalid call fails
     the plugin.
     """

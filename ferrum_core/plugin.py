@@ -15,6 +15,21 @@ this module re-exports too)::
 Write ``FERRUM_API_VERSION = 1`` as a literal, never ``= CORE_API_VERSION``:
 the core compares the two, and a copy of its own number would always agree.
 
+**Registration rules** (a plugin that breaks one is reported ``failed`` with the
+reason; ``FERRUM_STRICT_PLUGINS=1`` makes it an error): declare every backend
+name in your distribution's metadata as an entry point of the
+:data:`BACKENDS_GROUP` group (``[project.entry-points."ferrum.backends"]``,
+``mine = "my_pkg.plugin"``); names match ``^[a-z][a-z0-9_-]{0,31}$`` and
+:data:`RESERVED_BACKEND_NAMES` belong to Ferrum's own distributions; the
+priority is an int from :data:`MIN_PRIORITY` to :data:`MAX_PRIORITY`;
+``capabilities`` an :class:`ExecutorCapabilities` or ``None``. A name two
+distributions register is ``duplicate`` for both and neither is selected. The
+probe returns a :class:`ProbeResult` within :data:`PROBE_TIMEOUT_S` seconds
+(probes run in parallel threads; one that raises, lies or hangs leaves its
+backend ``unavailable``). The factory returns an object with
+``validate_config`` and ``create_executor``, which returns a
+:class:`ModelExecutor`; anything else is a :class:`PluginError` naming you.
+
 **The path of a request.** ``ferrum`` (or ``LLM``) selects a backend, builds
 an :class:`ExecutorConfig` and calls your factory's ``validate_config`` then
 ``create_executor``. Most backends load the model with :func:`load_model`,
@@ -125,7 +140,14 @@ from ferrum_core.errors import (
     UnsupportedError,
 )
 from ferrum_core.hookspecs import API_VERSION as CORE_API_VERSION
-from ferrum_core.hookspecs import hookimpl
+from ferrum_core.hookspecs import (
+    BACKENDS_GROUP,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    RESERVED_BACKEND_NAMES,
+    hookimpl,
+)
+from ferrum_core.probing import PROBE_TIMEOUT_S
 from ferrum_core.protocol import (
     AttentionType,
     BatchModelExecutor,
@@ -196,6 +218,11 @@ if TYPE_CHECKING:
 __all__ = [
     # plugin contract
     "CORE_API_VERSION",
+    "BACKENDS_GROUP",
+    "MAX_PRIORITY",
+    "MIN_PRIORITY",
+    "PROBE_TIMEOUT_S",
+    "RESERVED_BACKEND_NAMES",
     "hookimpl",
     "ProbeResult",
     "RegisterBackend",

@@ -128,8 +128,8 @@ def discover(environ: Mapping[str, str] | None = None) -> Discovery:
             record.state = PluginState.DISABLED
             record.reason = "not listed in FERRUM_PLUGINS"
             continue
-        legacy = _load(ep, record, manager, result.registry, declared)
-        if strict and (record.state != PluginState.LOADED or legacy):
+        _load(ep, record, manager, result.registry, declared)
+        if strict and record.state != PluginState.LOADED:
             raise PluginError(f"plugin {ep.name} ({record.distribution}): {record.reason}")
     return result
 
@@ -140,8 +140,8 @@ def _load(
     manager: pluggy.PluginManager,
     registry: BackendRegistry,
     declared: dict[str, set[str]],
-) -> bool:
-    """Load one plugin into ``record`` and ``registry``; True if it registered undeclared."""
+) -> None:
+    """Load one plugin into ``record`` and ``registry``."""
     try:
         module = importlib.import_module(ep.module)
         plugin = ep.load()  # the module itself, or the object named after ``:``
@@ -149,14 +149,14 @@ def _load(
         raise
     except BaseException as exc:  # SystemExit in a plugin must not end the host
         record.state, record.reason = PluginState.FAILED, one_line(exc)
-        return False
+        return
     api = getattr(module, "FERRUM_API_VERSION", None)
     if api != hookspecs.API_VERSION:
         record.state = PluginState.INCOMPATIBLE
         record.reason = (
             f"plugin API version {api!r}; this ferrum-core speaks {hookspecs.API_VERSION}"
         )
-        return False
+        return
     calls = _Registrations(record, declared)
     try:
         # Two distributions may use the same entry-point name: key pluggy by both.
@@ -175,18 +175,11 @@ def _load(
     if calls.faults:  # the first refusal counts, even if the hook swallowed it
         record.state, record.reason = calls.faults[0]
         _unregister(manager, plugin)
-        return False
+        return
     if not calls.pending:
         record.reason = "registered no backends"
-    undeclared = [d.name for d in calls.pending if d.name not in calls.own]
-    if undeclared:
-        record.reason = (
-            f"{record.distribution} declares no {BACKENDS_GROUP!r} entry points; "
-            f"add one per backend it registers ({', '.join(undeclared)})"
-        )
     for descriptor in calls.pending:
         registry.add(descriptor)
-    return bool(undeclared)
 
 
 def _unregister(manager: pluggy.PluginManager, plugin: object) -> None:
@@ -256,16 +249,13 @@ class _Registrations:
             return f"backend name {name!r} is reserved for {owner}; {dist} may not register it"
         if any(d.name == name for d in self.pending):
             return f"registers backend {name!r} twice"
-        own = self.own
-        if own and name not in own:
+        if name not in self.own:
+            named = ", ".join(sorted(self.own)) or "nothing"
+            others = sorted(self.declared.get(name, set()) - {me})
+            taken = f" ({' and '.join(others)} declares it)" if others else ""
             return (
-                f"registers backend {name!r}, which {dist} does not declare: its "
-                f"{BACKENDS_GROUP!r} entry points name only {', '.join(sorted(own))}"
-            )
-        others = sorted(self.declared.get(name, set()) - {me})
-        if not own and others:
-            return (
-                f"registers backend {name!r}, which {' and '.join(others)} declares; "
-                f"{dist} declares no {BACKENDS_GROUP!r} entry points"
+                f"registers backend {name!r}, which {dist} does not declare{taken}: its "
+                f"{BACKENDS_GROUP!r} entry points name {named}; add {name} = \"<module>\" under "
+                f"[project.entry-points.\"{BACKENDS_GROUP}\"]"
             )
         return None

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from click.testing import CliRunner
 
-from ferrum_core import backends
+from ferrum_core import probing as probing_module
 from ferrum_core.backends import BackendState, create_executor, reset_registry
 from ferrum_core.cli.main import cli
 from ferrum_core.errors import (
@@ -120,7 +120,7 @@ def test_probe_calling_sys_exit_does_not_end_the_host(plugin_factory: PluginFact
 def test_hanging_probe_times_out(
     plugin_factory: PluginFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(backends, "PROBE_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(probing_module, "PROBE_TIMEOUT_S", 0.2)
     hung = probing("hung-dist", plugin_factory, "hung", "lambda: RELEASE.wait()", prio=90)
     good = plugin_factory.backend("good-dist", [("good", 10, True)])
     out = cli_json(only(hung, good))
@@ -137,7 +137,7 @@ def test_probes_run_in_parallel(
     plugin_factory: PluginFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Each probe waits for the other: run one after the other, both break the barrier.
-    monkeypatch.setattr(backends, "PROBE_TIMEOUT_S", 120.0)
+    monkeypatch.setattr(probing_module, "PROBE_TIMEOUT_S", 120.0)
     prelude = "BARRIER = threading.Barrier(2, timeout=10)\n" \
         "def meet():\n    BARRIER.wait()\n    return ProbeResult(True, 'met')\n"
     body = hook(
@@ -317,12 +317,13 @@ def test_clash_between_distributions_selects_neither(plugin_factory: PluginFacto
         discover({**only(first, second), "FERRUM_STRICT_PLUGINS": "1"})
 
 
-def test_legacy_plugin_without_declarations(plugin_factory: PluginFactory) -> None:
+def test_plugin_without_declarations_fails(plugin_factory: PluginFactory) -> None:
     ep = plugin_factory.backend("old-dist", [("old", 1, True)], declares=[])
     found = discover(only(ep))
     rec = next(p for p in found.plugins if p.entry_point == ep)
-    assert rec.state == PluginState.LOADED and "ferrum.backends" in rec.reason
-    assert found.registry.select(None, {}).name == "old"
+    assert rec.state == PluginState.FAILED and "ferrum.backends" in rec.reason
+    assert "'old'" in rec.reason and "declare" in rec.reason
+    assert not [r for r in found.registry.records if r.name == "old"]
     with pytest.raises(PluginError, match=r"ferrum\.backends"):
         discover({**only(ep), "FERRUM_STRICT_PLUGINS": "1"})
 
