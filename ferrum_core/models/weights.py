@@ -1,8 +1,11 @@
-"""Model weights from ``*.safetensors`` (single file or sharded), never pickles."""
+"""Model weights from ``*.safetensors`` (single file or sharded), never pickles;
+for a model converted from a GGUF, also the GGUF's own blocks (:meth:`WeightSource.stored`)."""
 
 from __future__ import annotations
 
 import json
+import math
+import threading
 from pathlib import Path
 from types import TracebackType
 
@@ -10,6 +13,8 @@ import numpy as np
 
 from ferrum_core.errors import ModelLoadError
 from ferrum_core.models.config import ModelConfig
+from ferrum_core.models.gguf_tensors import GgufTensors
+from ferrum_core.models.quant_blocks import StoredTensor
 from ferrum_core.models.safetensors_io import SafetensorsFile
 
 __all__ = ["INDEX_FILE", "WeightSource", "expected_tensors"]
@@ -67,11 +72,20 @@ def _pickle_error(directory: Path) -> ModelLoadError | None:
 
 
 class WeightSource:
-    """Named tensors (Hugging Face names) over memory-mapped safetensors files."""
+    """Named tensors (Hugging Face names) over memory-mapped safetensors files.
+
+    :meth:`get` gives float arrays. :meth:`stored` gives each tensor as its
+    file stores it: from the safetensors files, or, once a GGUF is attached
+    (:meth:`attach_gguf`, ``from_dir(..., gguf=path)``), the GGUF's own blocks
+    while :meth:`get` keeps serving the converted floats.
+    """
 
     def __init__(self, files: list[SafetensorsFile], origin: Path) -> None:
         self.origin = origin  # the directory, index or file the names came from
         self._files = files
+        self._gguf_path: Path | None = None
+        self._gguf: GgufTensors | None = None
+        self._gguf_lock = threading.Lock()
         self._where: dict[str, SafetensorsFile] = {}
         for file in files:
             for name in file.entries:
@@ -82,8 +96,22 @@ class WeightSource:
                 self._where[name] = file
 
     @classmethod
-    def from_dir(cls, path: str | Path) -> WeightSource:
-        directory = Path(path)
+    def from_dir(
+        cls, path: str | Path, *, gguf: str | Path | GgufTensors | None = None
+    ) -> WeightSource:
+        """The weights of a model directory; ``gguf``: the file it was converted
+        from, attached with :meth:`attach_gguf`."""
+        source = cls._open_dir(Path(path))
+        if gguf is not None:
+            try:
+                source.attach_gguf(gguf)
+            except BaseException:
+                source.close()
+                raise
+        return source
+
+    @classmethod
+    def _open_dir(cls, directory: Path) -> WeightSource:
         if not directory.is_dir():
             raise ModelLoadError(f"{directory}: not a model directory")
         index = directory / INDEX_FILE
@@ -146,6 +174,77 @@ class WeightSource:
         """float32/float16 as stored (read-only, memory-mapped), bf16 upcast to float32."""
         return self._file(name).get(name)
 
+    # -- tensors as stored -------------------------------------------------
+
+    def attach_gguf(self, gguf: str | Path | GgufTensors) -> None:
+        """Serve :meth:`stored` from the GGUF these weights were converted from.
+
+        A path is opened on first use (parsing a GGUF header with a large
+        vocabulary takes seconds, and :meth:`get` never needs it); an open
+        :class:`GgufTensors` is checked now and owned from then on. The GGUF
+        must hold exactly these tensor names and shapes, else ModelLoadError.
+        """
+        if isinstance(gguf, GgufTensors):
+            self._check_gguf(gguf)
+            path, opened = gguf.path, gguf
+        else:
+            path, opened = Path(gguf).expanduser(), None
+            if not path.is_file():
+                raise ModelLoadError(f"{path}: GGUF file not found")
+        with self._gguf_lock:
+            if self._gguf is not None and self._gguf is not opened:
+                self._gguf.close()
+            self._gguf_path, self._gguf = path, opened
+
+    @property
+    def gguf_path(self) -> Path | None:
+        """The attached GGUF file, if any."""
+        return self._gguf_path
+
+    @property
+    def stored_from_gguf(self) -> bool:
+        """Whether :meth:`stored` returns a GGUF's blocks (else the safetensors data)."""
+        return self._gguf_path is not None
+
+    def _check_gguf(self, tensors: GgufTensors) -> None:
+        tensors.check_shapes({name: self.shape(name) for name in self._where}, self.origin)
+
+    def _gguf_tensors(self) -> GgufTensors | None:
+        with self._gguf_lock:
+            if self._gguf is None and self._gguf_path is not None:
+                tensors = GgufTensors(self._gguf_path)
+                try:
+                    self._check_gguf(tensors)
+                except BaseException:
+                    tensors.close()
+                    raise
+                self._gguf = tensors
+            return self._gguf
+
+    def stored(self, name: str) -> StoredTensor:
+        """``name`` as stored: the attached GGUF's blocks (rows in Hugging Face
+        order), else the safetensors array in its dtype (BF16 as uint16 bits)."""
+        tensors = self._gguf_tensors()
+        if tensors is not None:
+            return tensors.stored(name)
+        dtype = self.dtype(name)
+        array = self.get(name)
+        if dtype == "BF16":  # get() widened the bits; narrowing them back is exact
+            array = (array.view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+        return StoredTensor(name, self.shape(name), dtype, array, 1, array.dtype.itemsize)
+
+    def stored_types(self, *, elements: bool = False) -> dict[str, int]:
+        """How many tensors (with ``elements``: elements, as ``stored_dtype`` wants)
+        are stored in each type, e.g. ``{"Q4_1": 210, "Q8_0": 1, "F32": 61}``."""
+        tensors = self._gguf_tensors()
+        if tensors is not None:
+            return tensors.types(elements=elements)
+        counts: dict[str, int] = {}
+        for name in self._where:
+            size = math.prod(self.shape(name)) if elements else 1
+            counts[self.dtype(name)] = counts.get(self.dtype(name), 0) + size
+        return counts
+
     def validate(self, config: ModelConfig) -> None:
         """Every tensor ``config`` needs is present with the right shape and a float dtype."""
         expected = expected_tensors(config)
@@ -167,6 +266,9 @@ class WeightSource:
     def close(self) -> None:
         for file in self._files:
             file.close()
+        with self._gguf_lock:
+            if self._gguf is not None:
+                self._gguf.close()
 
     def __enter__(self) -> WeightSource:
         return self
@@ -180,7 +282,8 @@ class WeightSource:
         self.close()
 
     def __repr__(self) -> str:
-        return f"WeightSource({self.origin}, {len(self._where)} tensors)"
+        gguf = f", stored from {self._gguf_path.name}" if self._gguf_path else ""
+        return f"WeightSource({self.origin}, {len(self._where)} tensors{gguf})"
 
 
 def _open_all(paths: list[Path]) -> list[SafetensorsFile]:

@@ -1,9 +1,10 @@
 """Write small llama-architecture GGUF files the way llama.cpp's converter does.
 
 A tiny random ``transformers`` model is exported with llama.cpp's q/k row
-permutation, chosen quantisation types (``gguf.quants.quantize``) and a GPT-2
-style byte-level tokenizer, so the importer can be checked against the
-original weights and against ``transformers``' own GGUF loader.
+permutation, chosen quantisation types (``gguf.quants.quantize``; types gguf-py
+cannot quantise, the K-quants, get random blocks) and a GPT-2 style byte-level
+tokenizer, so the importer can be checked against the original weights and
+against ``transformers``' own GGUF loader.
 """
 
 from __future__ import annotations
@@ -112,6 +113,45 @@ def gguf_name(hf_name: str) -> str:
 
 QuantChooser = Callable[[str, np.ndarray], Any]
 
+# Byte offsets of the float16 fields (d, dmin/m) inside one block of each type.
+F16_FIELDS = {
+    "Q4_0": (0,),
+    "Q4_1": (0, 2),
+    "Q5_0": (0,),
+    "Q5_1": (0, 2),
+    "Q8_0": (0,),
+    "Q4_K": (0, 2),
+    "Q5_K": (0, 2),
+    "Q6_K": (208,),
+}
+
+
+def random_blocks(qtype: str, rows: int, nblocks: int, seed: int) -> np.ndarray:
+    """``(rows, nblocks * type_size)`` random bytes of ``qtype`` blocks whose float16
+    fields are finite and of realistic size (every code pattern occurs)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    _, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]]
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, size=(rows, nblocks, type_size), dtype=np.uint8)
+    for offset in F16_FIELDS[qtype]:
+        values = (rng.standard_normal((rows, nblocks)) * 0.05).astype(np.float16)
+        data[:, :, offset : offset + 2] = values.view(np.uint8).reshape(rows, nblocks, 2)
+    return data.reshape(rows, nblocks * type_size)
+
+
+def encode(array: np.ndarray, qtype: Any) -> np.ndarray:
+    """``array`` (2-D) as ``qtype`` blocks: ``gguf.quants.quantize`` where gguf-py
+    implements it, else random blocks (seeded by the array's size)."""
+    import gguf
+
+    try:
+        return gguf.quants.quantize(array, qtype)
+    except NotImplementedError:
+        block_size, _ = gguf.GGML_QUANT_SIZES[qtype]
+        rows, cols = array.shape
+        return random_blocks(qtype.name, rows, cols // block_size, seed=array.size)
+
 
 def all_f32(name: str, array: np.ndarray) -> Any:
     from gguf import GGMLQuantizationType
@@ -126,6 +166,17 @@ def mixed_quants(name: str, array: np.ndarray) -> Any:
     if array.ndim == 1:
         return Q.F32
     cycle = [Q.Q4_1, Q.Q8_0, Q.Q4_0, Q.F16, Q.Q4_1, Q.Q4_0]
+    return cycle[sum(map(ord, name)) % len(cycle)]
+
+
+def k_and_5bit_quants(name: str, array: np.ndarray) -> Any:
+    """Norms F32, matrices cycling through the K-quants, Q5_0, Q5_1 and BF16
+    (K-quants need 256-element rows: use with ``hidden_size=256``)."""
+    from gguf import GGMLQuantizationType as Q
+
+    if array.ndim == 1:
+        return Q.F32
+    cycle = [Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.Q5_0, Q.Q5_1, Q.BF16]
     return cycle[sum(map(ord, name)) % len(cycle)]
 
 
@@ -206,7 +257,7 @@ def build_tiny_llama_and_gguf(
         elif qtype == gguf.GGMLQuantizationType.F16:
             writer.add_tensor(name, array.astype(np.float16))
         else:
-            writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+            writer.add_tensor(name, encode(array, qtype), raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

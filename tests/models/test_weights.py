@@ -12,7 +12,13 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from ferrum_core.errors import ConfigError, ModelLoadError
-from ferrum_core.models import ModelConfig, WeightSource, expected_tensors, load_model
+from ferrum_core.models import (
+    ModelConfig,
+    WeightSource,
+    convert_gguf,
+    expected_tensors,
+    load_model,
+)
 from ferrum_core.models.safetensors_io import SafetensorsFile, write_safetensors
 from tests.models.conftest import FAMILY_CASES
 from tests.tiny_models import build_tiny_model
@@ -240,3 +246,76 @@ def test_load_model_rejects_bad_paths(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         (tmp_path / "config.json").write_text("[]")
         load_model(tmp_path)
+
+
+# -- tensors as stored -------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_stored_safetensors_tensors_are_as_stored(tmp_path: Path, dtype: str) -> None:
+    directory = build_tiny_model(tmp_path, "qwen3", dtype=dtype)
+    state = torch_state(directory)
+    spelling = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}[dtype]
+    with WeightSource.from_dir(directory) as weights:
+        assert not weights.stored_from_gguf and weights.gguf_path is None
+        assert weights.stored_types() == {spelling: len(weights.names())}
+        total = sum(int(np.prod(weights.shape(n))) for n in weights.names())
+        assert weights.stored_types(elements=True) == {spelling: total}
+        for name, tensor in state.items():
+            stored = weights.stored(name)
+            assert (stored.name, stored.type, stored.shape) == (name, spelling, weights.shape(name))
+            assert (stored.block_size, stored.type_size) == (1, tensor.element_size())
+            if dtype == "bfloat16":  # the bits themselves, as uint16
+                import torch
+
+                bits = tensor.view(torch.int16).numpy().view(np.uint16)
+                assert stored.data.dtype == np.uint16
+                np.testing.assert_array_equal(stored.data, bits)
+            else:
+                np.testing.assert_array_equal(stored.data, tensor.numpy())
+
+
+def test_attached_gguf_serves_its_blocks(tmp_path: Path) -> None:
+    from ferrum_core.models.gguf_tensors import GgufTensors
+    from ferrum_core.models.quant_blocks import BLOCK_TYPES, split_blocks
+    from tests.models.gguf_builder import build_tiny_llama_and_gguf, mixed_quants
+
+    _, gguf_path = build_tiny_llama_and_gguf(tmp_path, quant=mixed_quants)
+    out = convert_gguf(gguf_path, tmp_path / "converted", progress=False)
+    with (
+        GgufTensors(gguf_path) as tensors,
+        WeightSource.from_dir(out) as plain,
+        WeightSource.from_dir(out, gguf=gguf_path) as weights,
+    ):
+        assert weights.stored_from_gguf and weights.gguf_path == gguf_path
+        assert weights.stored_types() == tensors.types() != plain.stored_types()
+        assert weights.stored_types(elements=True) == tensors.types(elements=True)
+        assert plain.stored_types() == {"F32": len(plain.names())}
+        for name in weights.names():
+            stored, floats = weights.stored(name), weights.get(name)
+            assert floats.dtype == np.float32 and floats.base is not None  # still the map
+            np.testing.assert_array_equal(floats, plain.get(name))
+            assert stored.type == tensors.type_of(name)
+            assert stored.data.tobytes() == tensors.stored(name).data.tobytes()
+            if stored.type in BLOCK_TYPES:
+                np.testing.assert_array_equal(split_blocks(stored).dequantize(), floats)
+        assert "stored from tiny-0.gguf" in repr(weights)
+
+
+def test_attached_gguf_must_match_and_exist(tmp_path: Path, tiny_dir: Path) -> None:
+    from tests.models.gguf_builder import build_tiny_llama_and_gguf
+
+    with pytest.raises(ModelLoadError, match=r"missing\.gguf: GGUF file not found"):
+        WeightSource.from_dir(tiny_dir, gguf=tmp_path / "missing.gguf")
+    _, other = build_tiny_llama_and_gguf(tmp_path, hidden_size=64, num_attention_heads=2)
+    with WeightSource.from_dir(tiny_dir, gguf=other) as weights:
+        norm = load_file(tiny_dir / "model.safetensors")["model.norm.weight"]
+        np.testing.assert_array_equal(weights.get("model.norm.weight"), norm)  # unaffected
+        with pytest.raises(ModelLoadError, match=r"tiny-0\.gguf does not hold the tensors"):
+            weights.stored("model.norm.weight")
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"GGUF" + bytes(64))
+    with WeightSource.from_dir(tiny_dir, gguf=garbage) as weights:  # opened on first use
+        assert weights.stored_from_gguf and weights.names()
+        with pytest.raises(ModelLoadError, match=r"garbage\.gguf: not a readable GGUF"):
+            weights.stored_types()
