@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from conformance.harness import Driver, prompt
-from conformance.oracle import PRIMARY, golden_model
+from conformance.options import run_dtype
+from conformance.oracle import GoldenModel, gguf_goldens, golden_model, golden_models, primary_for
+from conformance.plugin import requested_dtype, requested_options
 from ferrum_core.backends import BackendDescriptor, get_backend
 from ferrum_core.errors import UnsupportedError
 from ferrum_core.protocol import (
@@ -50,24 +52,42 @@ def static_caps(backend: BackendDescriptor) -> ExecutorCapabilities | None:
     return backend.capabilities
 
 
+def _golden_at(path: Path) -> GoldenModel | None:
+    for golden in (*golden_models().values(), *gguf_goldens().values()):
+        if golden.path.resolve() == path.resolve():
+            return golden
+    return None
+
+
 @pytest.fixture(scope="session")
-def model_dir(request: pytest.FixtureRequest) -> Path:
+def default_dtype(
+    request: pytest.FixtureRequest, static_caps: ExecutorCapabilities | None
+) -> DataType:
+    """The dtype of the run (``--ferrum-dtype``; else fp32 where declared)."""
+    return run_dtype(requested_dtype(request.config), static_caps)
+
+
+@pytest.fixture(scope="session")
+def run_options(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """``--ferrum-option`` settings: the executor options of every executor the suite builds."""
+    return requested_options(request.config)
+
+
+@pytest.fixture(scope="session")
+def model_dir(request: pytest.FixtureRequest, default_dtype: DataType) -> Path:
     given = request.config.getoption("ferrum_model")
-    return Path(given) if given else golden_model(PRIMARY).path
+    return Path(given) if given else golden_model(primary_for(default_dtype)).path
 
 
 @pytest.fixture(scope="session")
 def model_config(model_dir: Path) -> dict[str, Any]:
     """The raw ``config.json`` of the behavioural model (read without the model layer)."""
     path = model_dir / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-@pytest.fixture(scope="session")
-def default_dtype(static_caps: ExecutorCapabilities | None) -> DataType:
-    if static_caps is None or DataType.FP32 in static_caps.supported_dtypes:
-        return DataType.FP32
-    return static_caps.supported_dtypes[0]
+    if path.is_file():
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    golden = _golden_at(model_dir)
+    return dict(golden.config) if golden is not None else {}
 
 
 @pytest.fixture(scope="session")
@@ -75,9 +95,14 @@ def make_executor(
     backend_name: str,
     model_dir: Path,
     default_dtype: DataType,
+    run_options: dict[str, Any],
     static_caps: ExecutorCapabilities | None,
 ) -> Iterator[MakeExecutor]:
-    """Build executors of the backend under test; all are shut down at the end."""
+    """Build executors of the backend under test; all are shut down at the end.
+
+    Every one gets the run's executor options. A golden model that the factory refuses up
+    front with ``UnsupportedError`` skips the check that asked for it, with that reason.
+    """
     from ferrum_core.backends import create_executor
 
     created: list[ModelExecutor] = []
@@ -86,13 +111,23 @@ def make_executor(
     def make(
         model: Path | None = None, dtype: DataType | None = None, **extra: Any
     ) -> ModelExecutor:
+        path = model or model_dir
+        options = {**run_options, **extra.pop("executor_options", {})}
         config = ExecutorConfig(
-            model_path=str(model or model_dir),
+            model_path=str(path),
             dtype=dtype or default_dtype,
             max_batch_size=extra.pop("max_batch_size", max_batch),
+            executor_options=options,
             **extra,
         )
-        executor = create_executor(config, backend=backend_name)
+        try:
+            executor = create_executor(config, backend=backend_name)
+        except UnsupportedError as exc:
+            golden = _golden_at(path)
+            if golden is None:
+                raise
+            pytest.skip(f"the backend refuses golden model {golden.name} "
+                        f"({config.dtype.value}): {exc}")
         created.append(executor)
         return executor
 
@@ -106,14 +141,32 @@ GoldenExecutor = Callable[[str, DataType], ModelExecutor]
 
 
 @pytest.fixture(scope="session")
-def golden_executor(make_executor: MakeExecutor) -> GoldenExecutor:
-    """One executor per (golden model, dtype), built on first use and then reused."""
+def golden_executor(
+    make_executor: MakeExecutor, static_caps: ExecutorCapabilities | None
+) -> GoldenExecutor:
+    """One executor per (golden model, dtype), built on first use and then reused.
+
+    A golden whose attention the backend does not declare (a sliding window, say), or
+    that its factory refuses with ``UnsupportedError``, skips the check with the reason.
+    """
     built: dict[tuple[str, DataType], ModelExecutor] = {}
+    refused: dict[tuple[str, DataType], str] = {}
+    declared = set(static_caps.attention_mechanisms) if static_caps is not None else None
 
     def get(name: str, dtype: DataType) -> ModelExecutor:
         key = (name, dtype)
+        golden = golden_model(name)
+        missing = sorted(a.value for a in golden.attention - (declared or golden.attention))
+        if missing:
+            pytest.skip(f"golden model {name} needs attention {missing}, not declared")
+        if key in refused:
+            pytest.skip(refused[key])
         if key not in built:
-            built[key] = make_executor(golden_model(name).path, dtype, max_batch_size=8)
+            try:
+                built[key] = make_executor(golden.path, dtype, max_batch_size=8)
+            except pytest.skip.Exception as exc:
+                refused[key] = str(exc.msg)
+                raise
         return built[key]
 
     return get

@@ -15,6 +15,13 @@ model.safetensors, tokenizer.json, tokenizer_config.json) next to
 Weights are re-initialised at a scale that gives logits of order one, and every
 norm weight and bias is randomised, so a backend that drops a bias, a norm or a
 rope scaling rule misses the reference by far more than any dtype tolerance.
+The oracle runs eager attention; for a sliding-window golden the generator
+proves the window matters (logits differ from a run without it).
+
+GGUF goldens (:mod:`conformance.generate_gguf`) hold one golden's weights in
+``Q8_0`` / ``Q4_1`` with logits computed on them dequantised. The models are
+described in :mod:`conformance.golden_specs`; ``--only NAME`` regenerates one
+without touching the others.
 """
 
 from __future__ import annotations
@@ -28,74 +35,20 @@ from typing import Any
 
 import numpy as np
 
+from conformance.golden_specs import (
+    BASE_CONFIG,
+    CORPUS,
+    DECODE_IDS,
+    GGUF_MODELS,
+    LORA_BASE,
+    LORA_DIR,
+    MODELS,
+    PROMPT_TEXT,
+    SEED,
+    VOCAB_SIZE,
+)
+
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
-VOCAB_SIZE = 128
-MAX_POSITIONS = 256
-PROMPT_TEXT = "the quick brown fox jumps over the lazy dog"
-DECODE_IDS = (17, 3, 101, 42)
-SEED = 1234
-LORA_BASE = "llama_gqa"
-LORA_DIR = "llama_gqa_lora"
-
-_CORPUS = [
-    "the quick brown fox jumps over the lazy dog",
-    "a small model for a shared conformance suite",
-    "every backend proves itself against the same golden logits",
-    "prefill decode batch unified verify truncate release",
-    "hello world, numbers 0 1 2 3 4 5 6 7 8 9 and punctuation . , ! ?",
-]
-
-# name -> (model class name, config kwargs, storage dtype)
-_BASE: dict[str, Any] = {
-    "vocab_size": VOCAB_SIZE,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": MAX_POSITIONS,
-    "rms_norm_eps": 1e-5,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "pad_token_id": 0,
-}
-MODELS: dict[str, tuple[str, dict[str, Any], str]] = {
-    "llama_gqa": ("llama", {"tie_word_embeddings": False}, "float32"),
-    "llama3_rope": (
-        "llama",
-        {
-            "tie_word_embeddings": True,
-            "rope_parameters": {
-                "rope_type": "llama3",
-                "rope_theta": 10000.0,
-                "factor": 8.0,
-                "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 64,
-            },
-        },
-        "float16",
-    ),
-    "llama_mqa_bias": (
-        "llama",
-        {
-            "hidden_size": 24,
-            "num_attention_heads": 3,
-            "num_key_value_heads": 1,
-            "attention_bias": True,
-            "mlp_bias": True,
-            "tie_word_embeddings": True,
-            "rms_norm_eps": 1e-6,
-        },
-        "float16",
-    ),
-    "qwen2_bias": ("qwen2", {"tie_word_embeddings": True, "rms_norm_eps": 1e-6}, "float16"),
-    "qwen3_qknorm": (
-        "qwen3",
-        {"head_dim": 16, "tie_word_embeddings": False, "rms_norm_eps": 1e-6},
-        "float16",
-    ),
-}
 
 
 def build_tokenizer(out_dir: Path) -> Any:
@@ -108,7 +61,7 @@ def build_tokenizer(out_dir: Path) -> Any:
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE, special_tokens=["<pad>", "<s>", "</s>", "<unk>"], show_progress=False
     )
-    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
+    tokenizer.train_from_iterator(CORPUS, trainer=trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
     )
@@ -152,10 +105,14 @@ def _randomise(model: Any, seed: int) -> None:
 
 
 def _config(family: str, kwargs: dict[str, Any]) -> Any:
-    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
-    classes = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
-    return classes[family](**{**_BASE, **kwargs})
+    classes = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config,
+               "qwen3": Qwen3Config}
+    # eager attention: the plain softmax path, which applies a sliding window through its mask
+    config = classes[family](**{**BASE_CONFIG, **kwargs})
+    config._attn_implementation = "eager"
+    return config
 
 
 def _logits(model: Any, prompt: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -212,45 +169,86 @@ def _generate_lora(out_root: Path, prompt: list[int]) -> None:
     print(f"{LORA_DIR}: LoRA on {LORA_BASE}, logits std {prefill.std():.2f}")
 
 
-def generate(out_root: Path) -> None:
+def _generate_model(out_root: Path, tmp: Path, name: str, prompt: list[int]) -> None:
     import torch
     from transformers import AutoModelForCausalLM
+
+    family, kwargs, storage, offset = MODELS[name]
+    torch.manual_seed(SEED + offset)
+    config = _config(family, kwargs)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()  # type: ignore[no-untyped-call]
+    _randomise(model, SEED + offset)
+    target = out_root / name
+    shutil.rmtree(target, ignore_errors=True)
+    model.to(getattr(torch, storage)).save_pretrained(target)
+    # The oracle runs in float32 on exactly the stored (possibly rounded) weights.
+    reloaded = AutoModelForCausalLM.from_pretrained(
+        target, dtype=torch.float32, attn_implementation="eager"
+    )
+    reloaded.eval()  # type: ignore[no-untyped-call]
+    prefill, decode = _logits(reloaded, prompt)
+    if getattr(config, "sliding_window", None) is not None:
+        _check_window_applies(reloaded, prompt, prefill, decode)
+    for file in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tmp / file, target / file)
+    (target / "generation_config.json").unlink(missing_ok=True)
+    _save_expected(target, prompt, prefill, decode)
+    print(f"{name}: prompt {len(prompt)} tokens, logits std {prefill.std():.2f}")
+
+
+def _check_window_applies(
+    model: Any, prompt: list[int], prefill: np.ndarray, decode: np.ndarray
+) -> None:
+    """The oracle really windowed: without the window the logits past it differ, within it not."""
+    window = int(model.config.sliding_window)
+    assert len(prompt) > 2 * window, "the prompt must reach well past the window"
+    model.config.sliding_window = None
+    try:
+        full_prefill, full_decode = _logits(model, prompt)
+    finally:
+        model.config.sliding_window = window
+    inside = np.abs(full_prefill[:window] - prefill[:window]).max()
+    past = np.abs(full_prefill[window:] - prefill[window:]).max(axis=-1)
+    assert inside < 1e-5, f"the window changed positions inside it ({inside})"
+    assert past.min() > 1e-2, f"the window made no difference past it ({past.min()})"
+    assert np.abs(full_decode - decode).max(axis=-1).min() > 1e-2, "decode ignored the window"
+
+
+def generate(out_root: Path, only: set[str] | None = None) -> None:
+    """(Re)generate the golden models named in ``only`` (default: all); the manifest lists all."""
+    from conformance.generate_gguf import generate_gguf
 
     out_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = build_tokenizer(Path(tmp))
         prompt = tokenizer.encode(PROMPT_TEXT).ids
-        for index, (name, (family, kwargs, storage)) in enumerate(sorted(MODELS.items())):
-            torch.manual_seed(SEED + index)
-            config = _config(family, kwargs)
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()  # type: ignore[no-untyped-call]
-            _randomise(model, SEED + index)
-            target = out_root / name
-            shutil.rmtree(target, ignore_errors=True)
-            model.to(getattr(torch, storage)).save_pretrained(target)
-            # The oracle runs in float32 on exactly the stored (possibly rounded) weights.
-            reloaded = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
-            reloaded.eval()  # type: ignore[no-untyped-call]
-            prefill, decode = _logits(reloaded, prompt)
-            for file in ("tokenizer.json", "tokenizer_config.json"):
-                shutil.copy(Path(tmp) / file, target / file)
-            (target / "generation_config.json").unlink(missing_ok=True)
-            _save_expected(target, prompt, prefill, decode)
-            print(f"{name}: prompt {len(prompt)} tokens, logits std {prefill.std():.2f}")
-        _generate_lora(out_root, prompt)
-        manifest = {
-            "prompt_text": PROMPT_TEXT,
-            "models": {name: {"family": family, "storage": storage} for name, (family, _, storage)
-                       in sorted(MODELS.items())},
-            "lora": {"name": LORA_DIR, "base": LORA_BASE},
-        }
-        (out_root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        for name in sorted(MODELS):
+            if only is None or name in only:
+                _generate_model(out_root, Path(tmp), name, prompt)
+        if only is None or LORA_DIR in only:
+            _generate_lora(out_root, prompt)
+        for name, (base, quant, _) in sorted(GGUF_MODELS.items()):
+            if only is None or name in only:
+                generate_gguf(out_root / base, out_root / name, quant, prompt, _logits)
+                print(f"{name}: {quant} of {base}")
+    manifest = {
+        "prompt_text": PROMPT_TEXT,
+        "models": {name: {"family": family, "storage": storage}
+                   for name, (family, _, storage, _) in sorted(MODELS.items())},
+        "gguf": {name: {"base": base, "quant": quant, "dtype": dtype}
+                 for name, (base, quant, dtype) in sorted(GGUF_MODELS.items())},
+        "lora": {"name": LORA_DIR, "base": LORA_BASE},
+    }
+    (out_root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=GOLDEN_DIR)
-    generate(parser.parse_args().out)
+    parser.add_argument("--only", action="append", metavar="NAME",
+                        help="regenerate only this golden model (repeatable)")
+    args = parser.parse_args()
+    generate(args.out, set(args.only) if args.only else None)
 
 
 if __name__ == "__main__":

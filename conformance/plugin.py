@@ -8,15 +8,34 @@ xfail file applied and the report written.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conformance import CHECKS_DIR
+from conformance.options import (
+    DTYPE_CHOICES,
+    parse_option,
+    parse_options,
+    preflight,
+    run_dtype,
+)
 from conformance.report import ConformanceReport, Outcomes, check_id
 from conformance.xfail import XfailTable, load_xfail
+from ferrum_core.errors import FerrumError
+from ferrum_core.types import DataType
 
-__all__ = ["ConformanceSession"]
+__all__ = ["ConformanceSession", "configured_dtype", "requested_dtype", "requested_options"]
+
+
+def _option_arg(text: str) -> str:
+    try:
+        parse_option(text)
+    except FerrumError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -42,6 +61,46 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--ferrum-json", metavar="FILE", default=None, help="write the JSON report to FILE"
     )
+    group.addoption(
+        "--ferrum-dtype",
+        metavar="DTYPE",
+        default=None,
+        choices=DTYPE_CHOICES,
+        help="dtype of every executor the suite builds (default: fp32 where declared); "
+        "int8/int4 compare numerics with the GGUF goldens",
+    )
+    group.addoption(
+        "--ferrum-option",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        type=_option_arg,
+        help="executor option for every executor the suite builds (repeatable; "
+        "the value is parsed as JSON when it parses)",
+    )
+
+
+def requested_dtype(config: pytest.Config) -> DataType | None:
+    value = config.getoption("ferrum_dtype", None)
+    return DataType(value) if value else None
+
+
+def configured_dtype(config: pytest.Config) -> DataType:
+    """The dtype of the run: ``--ferrum-dtype``, else fp32 where the backend declares it."""
+    from ferrum_core.backends import get_backend
+
+    try:
+        caps = get_backend(str(config.getoption("ferrum_backend"))).capabilities
+    except FerrumError:
+        caps = None
+    return run_dtype(requested_dtype(config), caps)
+
+
+def requested_options(config: pytest.Config) -> dict[str, Any]:
+    try:
+        return parse_options(config.getoption("ferrum_option", None) or [])
+    except FerrumError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _active(config: pytest.Config) -> bool:
@@ -67,6 +126,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.args = [str(CHECKS_DIR)]
     from conformance import fixtures
 
+    try:
+        preflight(str(config.getoption("ferrum_backend")), requested_dtype(config),
+                  requested_options(config))
+    except FerrumError as exc:
+        raise pytest.UsageError(str(exc)) from None
     if not config.pluginmanager.is_registered(fixtures):
         config.pluginmanager.register(fixtures, "ferrum_conformance_fixtures")
     config.pluginmanager.register(ConformanceSession(config), "ferrum_conformance_session")
@@ -78,6 +142,7 @@ class ConformanceSession:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.backend = str(config.getoption("ferrum_backend"))
+        self.options = requested_options(config)
         xfail_path = config.getoption("ferrum_xfail")
         self.xfail: XfailTable = load_xfail(Path(xfail_path) if xfail_path else None, self.backend)
         self.outcomes = Outcomes()
@@ -100,7 +165,10 @@ class ConformanceSession:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         from ferrum_core.version import __version__
 
-        self.report = ConformanceReport.build(self.backend, __version__, self.outcomes.ordered())
+        self.report = ConformanceReport.build(
+            self.backend, __version__, self.outcomes.ordered(),
+            dtype=configured_dtype(self.config), executor_options=self.options,
+        )
         target = self.config.getoption("ferrum_json")
         if target:
             Path(target).write_text(self.report.model_dump_json(indent=2) + "\n")
@@ -110,6 +178,7 @@ class ConformanceSession:
             return
         s = self.report.summary
         terminalreporter.section(f"ferrum conformance: backend {self.backend}")
+        terminalreporter.write_line(self.report.settings_line())
         terminalreporter.write_line(
             f"{s.passed} passed, {s.failed} failed, {s.skipped} skipped, {s.xfailed} xfailed"
         )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from pydantic import BaseModel, Field
+
+from conformance.oracle import TOLERANCE
+from ferrum_core.types import DataType
 
 __all__ = ["CheckResult", "ConformanceReport", "Summary", "check_id", "Outcomes"]
 
@@ -30,15 +33,40 @@ class ConformanceReport(BaseModel):
     ferrum_version: str
     summary: Summary = Field(default_factory=Summary)
     checks: list[CheckResult] = Field(default_factory=list)
+    dtype: str = DataType.FP32.value
+    executor_options: dict[str, Any] = Field(default_factory=dict)
+    tolerance: float = Field(
+        default=TOLERANCE[DataType.FP32],
+        description="largest max|got - want| / max(1, max|want|) the numeric checks accept",
+    )
+    tolerances: dict[str, float] = Field(
+        default_factory=lambda: {d.value: t for d, t in TOLERANCE.items()},
+        description="the tolerance of every dtype (the run uses the one of `dtype`)",
+    )
 
     @classmethod
     def build(
-        cls, backend: str, ferrum_version: str, results: list[CheckResult]
+        cls,
+        backend: str,
+        ferrum_version: str,
+        results: list[CheckResult],
+        *,
+        dtype: DataType = DataType.FP32,
+        executor_options: dict[str, Any] | None = None,
     ) -> ConformanceReport:
         summary = Summary()
         for result in results:
             setattr(summary, result.outcome, getattr(summary, result.outcome) + 1)
-        return cls(backend=backend, ferrum_version=ferrum_version, summary=summary, checks=results)
+        return cls(
+            backend=backend, ferrum_version=ferrum_version, summary=summary, checks=results,
+            dtype=dtype.value, executor_options=dict(executor_options or {}),
+            tolerance=TOLERANCE[dtype],
+        )
+
+    def settings_line(self) -> str:
+        options = " ".join(f"{k}={v!r}" for k, v in sorted(self.executor_options.items()))
+        return (f"dtype {self.dtype} (tolerance {self.tolerance:g} relative)"
+                + (f", options {options}" if options else ""))
 
 
 def check_id(item: pytest.Item) -> str:

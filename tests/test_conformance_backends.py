@@ -48,10 +48,15 @@ def test_suite_passes(backend: str) -> None:
     assert result.exit_code == 0, result.stderr[-2000:]
     assert report["backend"] == backend
     assert report["summary"]["failed"] == 0
-    assert report["summary"]["passed"] >= 40
+    assert report["summary"]["passed"] >= 60
+    assert report["dtype"] == "fp32" and report["tolerance"] == 2e-3
+    passed = {c["id"] for c in report["checks"] if c["outcome"] == "passed"}
+    for kind in ("multi_head", "multi_query", "grouped_query", "sliding_window"):
+        assert f"attention.mechanism[{kind}]" in passed, "every in-tree backend declares it"
     ids = {c["id"] for c in report["checks"]}
     for group in ("protocol", "numerics", "batch", "unified", "verify", "truncate", "cache",
-                  "status", "metrics", "concurrency", "errors", "capabilities"):
+                  "status", "metrics", "concurrency", "errors", "capabilities", "attention",
+                  "rollback"):
         assert any(cid.startswith(group + ".") for cid in ids), f"no {group}.* checks ran"
 
 

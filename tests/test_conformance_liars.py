@@ -1,35 +1,29 @@
 """The conformance suite catches backends that lie about what they can do.
 
-Each liar is the example backend's honest numpy model with one deliberate
-defect behind a capability it claims. The suite runs in-process (pytester)
-against each, with the liars injected into the process-wide backend registry,
-and must fail it on the check that owns the claim — and only on checks the
-defect can explain.
+Each liar is the example backend's numpy model with one deliberate defect behind
+a claim. The suite runs in-process (pytester) against each, injected into the
+backend registry, and must fail it on the check that owns the claim, and only on
+checks the defect can explain.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from ferrum_core.backends import BackendDescriptor, ProbeResult, get_registry
-from ferrum_core.cli.conformance import suite_args
-from ferrum_core.cli.main import cli
 from ferrum_core.errors import CapacityError
 from ferrum_core.llm import DecodeItem, LlmExecutor, UnifiedItem
 from ferrum_core.protocol import (
-    BatchModelExecutor,
+    DecodeInput,
+    DecodeOutput,
     ExecutorCapabilities,
-    ExecutorConfig,
-    ExecutorType,
     ModelExecutor,
+    PrefillInput,
+    PrefillOutput,
     UnifiedBatch,
     UnifiedLogits,
 )
@@ -37,8 +31,10 @@ from ferrum_core.protocol import (
 pytest_plugins = ["pytester"]
 
 ferrum_example_backend = pytest.importorskip("ferrum_example_backend")
-from ferrum_example_backend.model import NumpyLlama  # noqa: E402
-from ferrum_example_backend.plugin import CAPABILITIES  # noqa: E402
+from ferrum_example_backend.model import NumpyLlama, _linear  # noqa: E402
+from ferrum_example_backend.ops import apply_rope, attention, rms_norm  # noqa: E402
+
+from tests.test_conformance_support import LiarFactory, registered, run_report  # noqa: E402
 
 
 class UnifiedLiar(NumpyLlama):
@@ -106,6 +102,43 @@ class LeakLiar(NumpyLlama):
         }
 
 
+class AttentionLiar(NumpyLlama):
+    """Declares MHA and sliding windows (as the example does) but gets both wrong: query
+    heads share KV heads in fixed pairs (right for GQA 4/2 and MQA only), and the window
+    is never applied."""
+
+    def _attention(self, layer: Any, index: int, h: np.ndarray, kv: Any, positions: np.ndarray,
+                   cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        cfg = self.model_config
+        n, hd = h.shape[0], cfg.head_dim
+        q = _linear(h, layer.wq, layer.bq).reshape(n, cfg.num_attention_heads, hd)
+        k = _linear(h, layer.wk, layer.bk).reshape(n, cfg.num_key_value_heads, hd)
+        v = _linear(h, layer.wv, layer.bv).reshape(n, cfg.num_key_value_heads, hd)
+        if layer.q_norm is not None and layer.k_norm is not None:
+            eps = cfg.rms_norm_eps
+            q, k = rms_norm(q, layer.q_norm, eps), rms_norm(k, layer.k_norm, eps)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        kv.write(index, int(positions[0]), k, v)
+        keys, values = kv.view(index, int(positions[-1]) + 1)
+        if cfg.num_key_value_heads == cfg.num_attention_heads > 1:  # the lie: groups of 2
+            keys, values = keys[::2], values[::2]
+        return _linear(attention(q, keys, values, positions, None), layer.wo, layer.bo)
+
+
+class NoRollbackExecutor(LlmExecutor):
+    """Runs batch items one by one, each committed before the next: a bad last item
+    fails the call after the others have moved on."""
+
+    def batch_prefill(self, inputs: Sequence[PrefillInput]) -> list[PrefillOutput]:
+        return [LlmExecutor.batch_prefill(self, [inp])[0] for inp in inputs]
+
+    def batch_decode(self, inputs: Sequence[DecodeInput]) -> list[DecodeOutput]:
+        return [LlmExecutor.batch_decode(self, [inp])[0] for inp in inputs]
+
+    def unified_decode(self, batch: UnifiedBatch) -> UnifiedLogits:
+        return [LlmExecutor.unified_decode(self, UnifiedBatch((it,)))[0] for it in batch.items]
+
+
 class NoUnifiedExecutor(LlmExecutor):
     """An executor without unified decode: the protocol default raises UnsupportedError."""
 
@@ -125,37 +158,13 @@ class ContinuousBatchingLiar(NoUnifiedExecutor):
     claims_continuous_batching = True
 
 
-class LiarFactory:
-    def __init__(
-        self, model_cls: type[NumpyLlama], executor_cls: type[LlmExecutor] = LlmExecutor
-    ) -> None:
-        self.model_cls = model_cls
-        self.executor_cls = executor_cls
-
-    def validate_config(self, config: ExecutorConfig) -> None:
-        return None
-
-    def create_executor(self, config: ExecutorConfig) -> ModelExecutor:
-        from ferrum_core.models import load_model
-
-        loaded = load_model(config.model_path)
-        model = self.model_cls.from_weights(loaded.config, loaded.weights)
-        return self.executor_cls(
-            model, model_id=loaded.path.name, model_type=loaded.config.model_type
-        )
-
-    def create_batch_executor(self, config: ExecutorConfig) -> BatchModelExecutor:
-        raise NotImplementedError
-
-    def supported_types(self) -> list[ExecutorType]:
-        return [ExecutorType.SEQUENTIAL]
-
-
 LIARS: dict[str, tuple[LiarFactory, dict[str, Any]]] = {
     "liar-unified": (LiarFactory(UnifiedLiar), {"supports_native_unified_decode": True}),
     "liar-batch": (LiarFactory(BatchLiar), {"max_batch_size": 256}),
     "liar-leak": (LiarFactory(LeakLiar), {}),
     "liar-continuous": (LiarFactory(NumpyLlama, ContinuousBatchingLiar), {}),
+    "liar-attention": (LiarFactory(AttentionLiar), {}),
+    "liar-rollback": (LiarFactory(NumpyLlama, NoRollbackExecutor), {}),
     # not a liar: no unified decode and no claim resting on it
     "honest-no-unified": (
         LiarFactory(NumpyLlama, NoUnifiedExecutor), {"supports_continuous_batching": False}
@@ -165,30 +174,12 @@ LIARS: dict[str, tuple[LiarFactory, dict[str, Any]]] = {
 
 @pytest.fixture
 def liars() -> Iterator[None]:
-    registry = get_registry()
-    records = []
-    for name, (factory, claims) in LIARS.items():
-        descriptor = BackendDescriptor(
-            name=name,
-            factory_loader=lambda factory=factory: factory,
-            probe=lambda: ProbeResult(True, "in-process liar"),
-            priority=-100,
-            capabilities=CAPABILITIES.model_copy(update=claims),
-            plugin="test_conformance_liars",
-            distribution="tests",
-        )
-        records.append(registry.add(descriptor))
-    yield
-    for record in records:
-        registry.records.remove(record)
+    with registered(LIARS):
+        yield
 
 
 def _run(pytester: pytest.Pytester, backend: str) -> dict[str, dict[str, str]]:
-    report = pytester.path / f"{backend}.json"
-    pytester.runpytest_inprocess(*suite_args(backend, None, None, report, quiet=True))
-    data = json.loads(Path(report).read_text())
-    assert data["backend"] == backend
-    return {check["id"]: check for check in data["checks"]}
+    return {check["id"]: check for check in run_report(pytester, backend)["checks"]}
 
 
 def _failed(checks: dict[str, dict[str, str]]) -> set[str]:
@@ -237,25 +228,28 @@ def test_executor_without_unified_support_passes(pytester: pytest.Pytester) -> N
 
 
 @pytest.mark.usefixtures("liars")
-def test_cli_exits_1_when_a_check_fails() -> None:
-    result = CliRunner().invoke(cli, ["conformance", "liar-batch", "--json"])
-    assert result.exit_code == 1
-    report = json.loads(result.stdout)
-    assert report["summary"]["failed"] == 1
-    assert set(report) == {"backend", "ferrum_version", "summary", "checks"}
-    assert set(report["summary"]) == {"passed", "failed", "skipped", "xfailed"}
+def test_partial_batch_without_rollback_fails_rollback_checks(pytester: pytest.Pytester) -> None:
+    checks = _run(pytester, "liar-rollback")
+    failed = _failed(checks)
+    for call in ("batch_decode", "batch_prefill", "unified_decode"):
+        for bad in ("out_of_vocabulary", "over_capacity", "released_cache"):
+            assert f"rollback.{call}[{bad}]" in failed, checks[f"rollback.{call}[{bad}]"]
+    assert "cannot continue from its handle" in checks["rollback.batch_decode[over_capacity]"][
+        "reason"]
+    # a bad middle item too; one call per item also counts one unified call per item
+    explained = {"errors.failed_batch_isolated", "unified.native_claim"}
+    assert {cid for cid in failed if not cid.startswith("rollback.")} <= explained, failed
 
 
 @pytest.mark.usefixtures("liars")
-def test_xfail_file_records_a_known_gap(tmp_path: Path) -> None:
-    xfail = tmp_path / "liar-batch.toml"
-    xfail.write_text(
-        '[xfail]\n"capabilities.max_batch_size" = "batches of 8 or more are not supported yet"\n'
-    )
-    result = CliRunner().invoke(cli, ["conformance", "liar-batch", "--xfail", str(xfail), "--json"])
-    assert result.exit_code == 0, result.stdout
-    report = json.loads(result.stdout)
-    check = next(c for c in report["checks"] if c["id"] == "capabilities.max_batch_size")
-    assert check["outcome"] == "xfailed"
-    assert "not supported yet" in check["reason"]
-    assert report["summary"]["failed"] == 0 and report["summary"]["xfailed"] == 1
+def test_declared_attention_that_fails_its_shape_is_caught(pytester: pytest.Pytester) -> None:
+    checks = _run(pytester, "liar-attention")
+    failed = _failed(checks)
+    assert {"attention.mechanism[multi_head]", "attention.mechanism[sliding_window]"} <= failed
+    assert "multi_head on golden llama_mha" in checks["attention.mechanism[multi_head]"]["reason"]
+    assert "fp32 tolerance" in checks["attention.mechanism[sliding_window]"]["reason"]
+    for kind in ("multi_query", "grouped_query"):
+        assert checks[f"attention.mechanism[{kind}]"]["outcome"] == "passed"
+    explained = {cid for cid in checks if cid.endswith(("[llama_mha]", "[mistral_sliding]"))}
+    assert failed <= {*explained, "attention.mechanism[multi_head]",
+                      "attention.mechanism[sliding_window]", "capabilities.dtype[fp32]"}, failed

@@ -6,6 +6,7 @@ These checks share the ``capabilities.`` id group with ``test_capabilities.py``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -91,8 +92,12 @@ def test_speculative_decoding(driver: Driver, vocab: int, tol_dtype: DataType) -
     assert_close(row, want[-1], tol_dtype, "decode after rejecting the draft's tail")
 
 
+ENGINE_OPTIONS = ("threads", "enable_prefix_caching")  # the executor options LLM(...) takes
+
+
 def test_speculative_engine(
-    executor: ModelExecutor, backend_name: str, model_dir: Path, default_dtype: DataType, vocab: int
+    executor: ModelExecutor, backend_name: str, model_dir: Path, default_dtype: DataType,
+    vocab: int, run_options: dict[str, Any],
 ) -> None:
     """End to end: the engine's speculative decoding (draft = target) gives plain greedy output."""
     require_claim(executor.capabilities(), "supports_speculative_decoding")
@@ -100,11 +105,15 @@ def test_speculative_engine(
         from ferrum_core.engine import LLM, SamplingParams
     except ImportError as exc:
         pytest.skip(f"the engine's speculative decoding is not available yet: {exc}")
+    other = sorted(set(run_options) - set(ENGINE_OPTIONS))
+    if other:
+        pytest.skip(f"LLM(...) cannot pass the executor options {other} to its executors")
+    engine = {key: run_options[key] for key in ENGINE_OPTIONS if key in run_options}
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     prompts = [{"prompt_token_ids": prompt(1800 + i, 5 + 4 * i, vocab)} for i in range(2)]
-    with LLM(str(model_dir), backend=backend_name, dtype=default_dtype) as plain:
+    with LLM(str(model_dir), backend=backend_name, dtype=default_dtype, **engine) as plain:
         want = [o.outputs[0].token_ids for o in plain.generate(prompts, params, use_tqdm=False)]
-    with LLM(str(model_dir), backend=backend_name, dtype=default_dtype,
+    with LLM(str(model_dir), backend=backend_name, dtype=default_dtype, **engine,
              speculative_model=str(model_dir), num_speculative_tokens=3) as spec:
         outs = spec.generate(prompts, params, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outs] == want, "speculative output differs"

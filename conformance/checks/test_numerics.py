@@ -1,4 +1,9 @@
-"""Logits against the golden oracle (transformers, float32) within the dtype's tolerance."""
+"""Logits against the golden oracle (transformers, float32) within the dtype's tolerance.
+
+The checks run on every float golden, or, when the run's dtype is int8 / int4, on the
+GGUF goldens of that dtype (the same quantised weights, their expected logits computed
+on them dequantised): ``numerics.decode_logits[llama_mha_q8_0]``.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,18 @@ import pytest
 
 from conformance.fixtures import GoldenExecutor
 from conformance.harness import Driver, ids, logits_rows
-from conformance.oracle import assert_close, golden_model, golden_models
+from conformance.oracle import assert_close, golden_model, numeric_goldens
+from conformance.plugin import configured_dtype
 from ferrum_core.errors import UnsupportedError
 from ferrum_core.protocol import DecodeInput, PrefillInput
 from ferrum_core.types import DataType
 
-MODELS = sorted(golden_models())
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "model" in metafunc.fixturenames:
+        metafunc.parametrize("model", numeric_goldens(configured_dtype(metafunc.config)))
 
 
-@pytest.mark.parametrize("model", MODELS)
 def test_prefill_logits(
     model: str, golden_executor: GoldenExecutor, default_dtype: DataType
 ) -> None:
@@ -35,7 +43,6 @@ def test_prefill_logits(
         executor.release_cache(out.kv_cache.cache_id)
 
 
-@pytest.mark.parametrize("model", MODELS)
 def test_chunked_prefill_logits(
     model: str, golden_executor: GoldenExecutor, default_dtype: DataType
 ) -> None:
@@ -57,7 +64,6 @@ def test_chunked_prefill_logits(
         drv.close()
 
 
-@pytest.mark.parametrize("model", MODELS)
 def test_decode_logits(
     model: str, golden_executor: GoldenExecutor, default_dtype: DataType
 ) -> None:
@@ -74,7 +80,6 @@ def test_decode_logits(
         drv.close()
 
 
-@pytest.mark.parametrize("model", MODELS)
 def test_all_positions(
     model: str, golden_executor: GoldenExecutor, default_dtype: DataType
 ) -> None:
