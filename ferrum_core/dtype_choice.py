@@ -7,7 +7,7 @@ where the backend can, otherwise fp32 (or the best the backend has).
 
 from __future__ import annotations
 
-import math
+import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -72,10 +72,21 @@ def resolve_dtype(
 
 
 def stored_elements(loaded: LoadedModel) -> dict[str, int]:
-    """Parameters per stored type (``F32``, ``BF16``, ``Q4_1``...), as the files hold them."""
-    weights = loaded.weights
-    counts: dict[str, int] = {}
-    for name in weights.names():
-        kind = weights.dtype(name)
-        counts[kind] = counts.get(kind, 0) + math.prod(weights.shape(name))
-    return counts
+    """Parameters per stored type (``F32``, ``BF16``, ``Q4_1``...), as the files hold them.
+
+    For a converted GGUF the counts the converter recorded are read (opening the
+    GGUF itself parses its whole vocabulary, seconds for a real model).
+    """
+    from ferrum_core.models.gguf_import import STORED_TYPES_FILE
+
+    recorded = loaded.path / STORED_TYPES_FILE
+    if loaded.gguf is not None and recorded.is_file():
+        try:
+            data = json.loads(recorded.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and all(
+                isinstance(k, str) and type(v) is int for k, v in data.items()
+            ):
+                return dict(data)
+        except (OSError, ValueError):
+            pass  # an unreadable record: count from the GGUF below
+    return loaded.weights.stored_types(elements=True)

@@ -213,6 +213,14 @@ if TYPE_CHECKING:
     )
     from ferrum_core.models.cache import ferrum_home
     from ferrum_core.models.config_parse import KNOWN_MODEL_TYPES
+    from ferrum_core.models.gguf_tensors import GgufTensors
+    from ferrum_core.models.quant_blocks import (
+        BLOCK_TYPES,
+        QuantBlocks,
+        StoredTensor,
+        split_blocks,
+        to_float32,
+    )
     from ferrum_core.tensor import HostTensor, TensorRef
 
 __all__ = [
@@ -284,6 +292,13 @@ __all__ = [
     "ferrum_home",
     "load_model",
     "rope_inv_freq",
+    # quantised weights as stored
+    "BLOCK_TYPES",
+    "GgufTensors",
+    "QuantBlocks",
+    "StoredTensor",
+    "split_blocks",
+    "to_float32",
     # paged-KV bookkeeping
     "AppendPlan",
     "AppendRequest",
@@ -347,6 +362,12 @@ _LAZY = {
     "load_model": "ferrum_core.models",
     "rope_inv_freq": "ferrum_core.models",
     "ferrum_home": "ferrum_core.models.cache",
+    "GgufTensors": "ferrum_core.models.gguf_tensors",
+    "BLOCK_TYPES": "ferrum_core.models.quant_blocks",
+    "QuantBlocks": "ferrum_core.models.quant_blocks",
+    "StoredTensor": "ferrum_core.models.quant_blocks",
+    "split_blocks": "ferrum_core.models.quant_blocks",
+    "to_float32": "ferrum_core.models.quant_blocks",
     "KNOWN_MODEL_TYPES": "ferrum_core.models.config_parse",
     "HostTensor": "ferrum_core.tensor",
     "TensorRef": "ferrum_core.tensor",

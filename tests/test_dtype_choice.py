@@ -78,3 +78,26 @@ def test_cli_json_reports_the_chosen_dtype(bf16_model: Path) -> None:
                                       "--max-tokens", "2", "--json", "hi"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.strip().splitlines()[-1])["dtype"] == "fp32"
+
+
+def test_auto_for_a_gguf_reads_its_quantisation(tmp_path: Path) -> None:
+    """A Q4_0/Q8_0 GGUF is int4 as stored; the torch backend cannot, so it runs fp32."""
+    from ferrum_core.dtype_choice import stored_elements
+    from ferrum_core.engine import LLM
+    from ferrum_core.models import load_model
+    from ferrum_core.models.gguf_import import STORED_TYPES_FILE
+    from gguf import GGMLQuantizationType as Q
+
+    from tests.models.gguf_builder import build_tiny_llama_and_gguf
+
+    _, gguf = build_tiny_llama_and_gguf(
+        tmp_path, quant=lambda name, a: Q.F32 if a.ndim == 1 else Q.Q4_0
+    )
+    loaded = load_model(gguf)
+    with loaded.weights:
+        counts = stored_elements(loaded)
+        assert (loaded.path / STORED_TYPES_FILE).is_file()
+        assert counts == loaded.weights.stored_types(elements=True)  # the record is right
+    assert stored_dtype(counts) == DataType.INT4
+    with LLM(str(gguf), backend="torch") as llm:
+        assert llm.dtype == DataType.FP32

@@ -29,9 +29,9 @@ def core_imports(path: Path) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names
                       if a.name.split(".")[0] == "ferrum_core"]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module.split(".")[0] == "ferrum_core":
-                found.append((node.lineno, node.module))
+        elif (isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+              and node.module.split(".")[0] == "ferrum_core"):
+            found.append((node.lineno, node.module))
     return found
 
 

@@ -35,6 +35,10 @@ __all__ = ["convert_gguf", "hf_tensor_name", "unpermute_rows"]
 _METADATA_ERRORS = (KeyError, IndexError, ValueError, TypeError, AttributeError)
 
 
+STORED_TYPES_FILE = "gguf_stored_types.json"
+"""Written beside the converted weights: parameters per GGUF type (``{"Q4_1": n, ...}``)."""
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -95,6 +99,8 @@ def _build(src: Path, out: Path, progress: bool) -> None:
         _check_tensors(src, tensors, expected)
         _write_tokenizer_files(src, out, tensors.metadata)
         _write_json(out / "config.json", config_dict)
+        # How the GGUF stores its parameters, so `--dtype auto` need not re-parse the GGUF.
+        _write_json(out / STORED_TYPES_FILE, tensors.types(elements=True))
 
         names = list(expected)
         bar = tqdm(names, desc=f"Converting {src.name}", unit="tensor", disable=not progress)

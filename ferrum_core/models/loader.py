@@ -119,7 +119,7 @@ def load_model(
     if model_type in KNOWN_MODEL_TYPES:
         config = ModelConfig.from_dir(directory, max_model_len=max_model_len)
         eos = config.eos_token_ids
-    weights = WeightSource.from_dir(directory)  # GGUF_ATTACH
+    weights = WeightSource.from_dir(directory, gguf=gguf)
     try:
         if config is not None:
             weights.validate(config)
