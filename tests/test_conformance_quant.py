@@ -31,11 +31,17 @@ INT8 = {"supported_dtypes": (DataType.INT8,)}
 class Int8Llama(NumpyLlama):
     """The numpy model, reporting int8: it computes on the dequantised GGUF weights."""
 
+    DTYPE = DataType.INT8
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._runtime = dataclasses.replace(
-            self._runtime, dtype=DataType.INT8, supported_dtypes=(DataType.INT8,)
+            self._runtime, dtype=self.DTYPE, supported_dtypes=(self.DTYPE,)
         )
+
+
+class Int4Llama(Int8Llama):
+    DTYPE = DataType.INT4
 
 
 class Coarse:
@@ -63,14 +69,17 @@ class CoarseInt8Llama(Int8Llama):
 
 class Int8Factory(LiarFactory):
     def validate_config(self, config: ExecutorConfig) -> None:
-        if config.dtype != DataType.INT8:
-            raise UnsupportedError(f"this test backend runs int8 only, not {config.dtype.value}")
+        wanted = getattr(self.model_cls, "DTYPE", DataType.INT8)
+        if config.dtype != wanted:
+            raise UnsupportedError(f"this test backend runs {wanted.value} only, "
+                                   f"not {config.dtype.value}")
 
 
 @pytest.fixture
 def int8_backends() -> Iterator[None]:
     backends = {"int8-honest": (Int8Factory(Int8Llama), INT8),
-                "int8-coarse": (Int8Factory(CoarseInt8Llama), INT8)}
+                "int8-coarse": (Int8Factory(CoarseInt8Llama), INT8),
+                "int4-honest": (Int8Factory(Int4Llama), {"supported_dtypes": (DataType.INT4,)})}
     with registered(backends):
         yield
 
@@ -103,3 +112,14 @@ def test_int8_liar_misses_the_int8_tolerance(pytester: pytest.Pytester) -> None:
     assert decode["outcome"] == "failed", decode
     assert "exceeds the int8 tolerance" in decode["reason"]
     assert checks["capabilities.dtype[int8]"]["outcome"] == "failed"
+
+
+@pytest.mark.usefixtures("int8_backends")
+def test_int4_runs_on_the_q4_1_golden(pytester: pytest.Pytester) -> None:
+    """Without --ferrum-dtype, a backend that declares only int4 runs in int4."""
+    report = run_report(pytester, "int4-honest", "-k", "numerics or dtype")
+    checks = _checks(report)
+    assert (report["dtype"], report["tolerance"]) == ("int4", 0.3)
+    assert report["summary"]["failed"] == 0, checks
+    assert checks["numerics.decode_logits[llama_mha_q4_1]"]["outcome"] == "passed"
+    assert checks["capabilities.dtype[int4]"]["outcome"] == "passed"
