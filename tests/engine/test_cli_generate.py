@@ -114,3 +114,5 @@ def test_default_model_answers(tiny_dirs: dict[str, Path]) -> None:
     data = json.loads(result.stdout)
     assert "Paris" in data["text"]
     assert data["finish_reason"] in ("stop", "length")
+    # --dtype auto: the GGUF is Q4_1 (int4), which the torch backend cannot run: fp32.
+    assert data["dtype"] == "fp32"
