@@ -165,6 +165,8 @@ LIARS: dict[str, tuple[LiarFactory, dict[str, Any]]] = {
     "liar-continuous": (LiarFactory(NumpyLlama, ContinuousBatchingLiar), {}),
     "liar-attention": (LiarFactory(AttentionLiar), {}),
     "liar-rollback": (LiarFactory(NumpyLlama, NoRollbackExecutor), {}),
+    # declares one family but runs whatever it is given
+    "liar-families": (LiarFactory(NumpyLlama), {"supported_model_types": ("qwen2",)}),
     # not a liar: no unified decode and no claim resting on it
     "honest-no-unified": (
         LiarFactory(NumpyLlama, NoUnifiedExecutor), {"supports_continuous_batching": False}
@@ -253,3 +255,14 @@ def test_declared_attention_that_fails_its_shape_is_caught(pytester: pytest.Pyte
     explained = {cid for cid in checks if cid.endswith(("[llama_mha]", "[mistral_sliding]"))}
     assert failed <= {*explained, "attention.mechanism[multi_head]",
                       "attention.mechanism[sliding_window]", "capabilities.dtype[fp32]"}, failed
+
+
+@pytest.mark.usefixtures("liars")
+def test_backend_running_an_undeclared_family_is_caught(pytester: pytest.Pytester) -> None:
+    checks = _run(pytester, "liar-families")
+    # LLM (the engine check) refuses the llama golden for a backend declaring only qwen2
+    assert _failed(checks) == {"capabilities.static_instance_agree",
+                               "capabilities.speculative_engine"}, checks
+    assert "not supported by backend 'liar-families'" in checks[
+        "capabilities.speculative_engine"]["reason"]
+    assert "'llama' runs although" in checks["capabilities.static_instance_agree"]["reason"]

@@ -60,6 +60,15 @@ def test_static_instance_agree(
     extra_attn = set(inst.attention_mechanisms) - set(static_caps.attention_mechanisms)
     if extra_attn:
         problems.append(f"attention {sorted(a.value for a in extra_attn)} is instance-only")
+    static_types = static_caps.supported_model_types
+    if static_types is not None:
+        loaded = executor.info().model_type
+        if loaded not in static_types:
+            problems.append(f"model type {loaded!r} runs although the backend declares only "
+                            f"{sorted(static_types)}")
+        extra_types = set(inst.supported_model_types or ()) - set(static_types)
+        if inst.supported_model_types is None or extra_types:
+            problems.append(f"model types {inst.supported_model_types} are instance-only")
     static_devices = {_family(d) for d in static_caps.supported_devices}
     extra_dev = [d for d in inst.supported_devices if _family(d) not in static_devices]
     if extra_dev:
