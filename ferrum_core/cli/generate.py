@@ -31,7 +31,42 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except FerrumError as exc:
-        raise click.ClickException(" ".join(str(exc).split()) or type(exc).__name__) from exc
+        raise click.ClickException(_one_line(exc)) from exc
+
+
+def _one_line(exc: FerrumError) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _check_texts(**texts: str | tuple[str, ...] | None) -> None:
+    """Text options must be UTF-8: undecodable bytes in argv arrive as lone surrogates."""
+    from ferrum_core.models.tokenizer import utf8_text
+
+    for name, value in texts.items():
+        values: tuple[str, ...] = (value,) if isinstance(value, str) else value or ()
+        for text in values:
+            utf8_text(text, name)
+
+
+def _read_line() -> str | None:
+    """One line of stdin (None at EOF), decoded as UTF-8; invalid bytes raise a typed error
+    for this line only (reading bytes keeps the stream usable for the next one)."""
+    from ferrum_core.errors import InvalidInputError
+
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text-only stdin: it has decoded already
+        line = sys.stdin.readline()
+        return line or None
+    raw: bytes = stream.readline()
+    if not raw:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(
+            f"input is not valid UTF-8 text: undecodable byte 0x{raw[exc.start]:02x}"
+            f" at byte {exc.start}"
+        ) from None
 
 
 def _model_options(func: F) -> F:
@@ -139,6 +174,7 @@ def generate(prompt: str, model: str | None, backend: str | None, dtype: str,
              num_speculative_tokens: int) -> None:
     """Generate a completion for PROMPT (chat template applied unless --raw)."""
     with _errors():
+        _check_texts(PROMPT=prompt, system=system, stop=stop)
         params = _params(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                          top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty,
                          seed=seed, stop=stop, logprobs=logprobs, ignore_eos=ignore_eos)
@@ -197,27 +233,36 @@ def chat(model: str | None, backend: str | None, dtype: str, threads: int | None
         history: list[dict[str, str]] = list(start)
         while True:
             click.echo(">>> ", nl=False, err=True)
-            line = sys.stdin.readline()
-            if not line:
-                click.echo(err=True)
-                break
-            text = line.strip()
-            if text in ("/exit", "/quit"):
-                break
-            if text == "/reset":
-                history = list(start)
-                continue
-            if not text:
-                continue
-            history.append({"role": "user", "content": text})
-            prompt = {"prompt_token_ids": llm.encode_chat(history)}
-            reply = []
-            for delta in llm.stream(prompt, params):
-                reply.append(delta.text)
-                click.echo(delta.text, nl=False)
-            click.echo()
-            history.append({"role": "assistant", "content": "".join(reply)})
+            try:
+                line = _read_line()
+                if line is None:
+                    click.echo(err=True)
+                    break
+                text = line.strip()
+                if text in ("/exit", "/quit"):
+                    break
+                if text == "/reset":
+                    history = list(start)
+                    continue
+                if text:
+                    history = _turn(llm, history, text, params)
+            except FerrumError as exc:  # this turn failed; the session and its history go on
+                click.echo(f"Error: {_one_line(exc)}", err=True)
 
+
+def _turn(llm: LLM, history: list[dict[str, str]], text: str,
+          params: SamplingParams) -> list[dict[str, str]]:
+    """One exchange; returns the new history (the old one is untouched if it fails)."""
+    asked = [*history, {"role": "user", "content": text}]
+    prompt = {"prompt_token_ids": llm.encode_chat(asked)}
+    reply = []
+    try:
+        for delta in llm.stream(prompt, params):
+            reply.append(delta.text)
+            click.echo(delta.text, nl=False)
+    finally:
+        click.echo()
+    return [*asked, {"role": "assistant", "content": "".join(reply)}]
 
 
 @click.command()

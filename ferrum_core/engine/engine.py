@@ -16,6 +16,7 @@ from typing import Any
 from ferrum_core.engine.config import EngineConfig
 from ferrum_core.engine.lora import LoRARequest
 from ferrum_core.engine.outputs import RequestOutput, StreamDelta
+from ferrum_core.engine.prompts import token_ids_of
 from ferrum_core.engine.request import Request
 from ferrum_core.engine.runner import ExecutorRunner, Work
 from ferrum_core.engine.sampling_params import SamplingParams
@@ -96,8 +97,13 @@ class LLMEngine:
         request_id: str | None = None,
     ) -> str:
         params = params or SamplingParams()
-        ids = tuple(int(t) for t in prompt_token_ids)
+        if not isinstance(params, SamplingParams):
+            raise InvalidInputError(
+                f"sampling params must be a SamplingParams, got {type(params).__name__}"
+            )
+        ids = token_ids_of(prompt_token_ids)
         self._check_prompt(ids)
+        self._check_stop_ids(params.stop_token_ids)
         request_id = request_id if request_id is not None else f"req-{next(_ids)}"
         if request_id in self._requests:
             raise InvalidInputError(f"duplicate request id {request_id!r}")
@@ -132,6 +138,14 @@ class LLMEngine:
                 f" ({pool.total_blocks} of {pool.block_size} tokens)"
             )
 
+    def _check_stop_ids(self, stop_token_ids: tuple[int, ...]) -> None:
+        bad = [t for t in stop_token_ids if t >= self.vocab_size]
+        if bad:
+            raise InvalidInputError(
+                f"stop_token_ids: {bad[0]} is outside the model's vocabulary"
+                f" (size {self.vocab_size})"
+            )
+
     def abort_request(self, request_id: str) -> None:
         request = self._requests.get(request_id)
         if request is None or request.finished:
@@ -140,6 +154,20 @@ class LLMEngine:
         request.finish(FinishReason.ABORT)
         self._release(request_id)
         self._aborted.append(request)
+
+    def is_finished(self, request_id: str) -> bool:
+        """Whether the request has finished (its output awaits `pop_output`)."""
+        request = self._requests.get(request_id)
+        if request is None:
+            raise InvalidInputError(f"unknown request id {request_id!r}")
+        return request.finished
+
+    def has_request(self, request_id: str) -> bool:
+        """Whether the engine holds the request (running, or finished but not popped)."""
+        return request_id in self._requests
+
+    def unfinished_request_ids(self) -> list[str]:
+        return [rid for rid, request in self._requests.items() if not request.finished]
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished or bool(self._aborted)

@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import sys
+import threading
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tqdm import tqdm
 
-from ferrum_core.dtype_choice import AUTO, resolve_dtype, stored_dtype, stored_elements
 from ferrum_core.engine.config import EngineConfig
 from ferrum_core.engine.engine import LLMEngine
 from ferrum_core.engine.lora import LoRARequest
+from ferrum_core.engine.model_loading import check_draft_tokenizer, choose_dtype, load_for
 from ferrum_core.engine.outputs import RequestOutput, StreamDelta
-from ferrum_core.engine.prompts import Messages, PromptInput, batch_of, messages_batch
+from ferrum_core.engine.prompts import (
+    Messages,
+    PromptInput,
+    batch_of,
+    check_conversation,
+    messages_batch,
+    token_ids_of,
+)
 from ferrum_core.engine.sampling_params import SamplingParams
 from ferrum_core.errors import InvalidInputError
+from ferrum_core.models.tokenizer import utf8_text
 from ferrum_core.protocol import ModelExecutor
 from ferrum_core.registry import ExecutorRegistry
-from ferrum_core.types import DataType
-
-if TYPE_CHECKING:
-    from ferrum_core.backends import BackendDescriptor
-    from ferrum_core.models import LoadedModel
 
 __all__ = ["LLM"]
 
@@ -39,6 +43,17 @@ class LLM:
     ``dtype`` defaults to ``"auto"``; :attr:`dtype` is what it resolved to on
     :attr:`backend`. A backend that declares ``supported_model_types`` is
     refused a model of another family with a typed error naming both.
+
+    Threads: one ``LLM`` may be shared. :meth:`generate`, :meth:`chat`,
+    :meth:`stream` and :meth:`abort_request` take an internal lock around every
+    engine step (not around a whole call), so requests from several threads are
+    batched together and never corrupt each other; each thread gets exactly what
+    a serial run would give it (greedy outputs are equal). A ``stream()``
+    generator holds no lock between deltas: it may be created, iterated and closed
+    from different threads (one at a time, as any generator). When an engine step
+    fails, every request in flight at that moment is aborted and each caller
+    owning one of them gets the error. Do not drive :attr:`engine` directly
+    while other threads use this object.
     """
 
     def __init__(self, model: str | Path | None = None, backend: str | None = None,
@@ -51,10 +66,10 @@ class LLM:
         with tqdm(total=steps, desc="Loading", file=sys.stderr, disable=None, leave=False) as bar:
             descriptor = get_backend(backend)
             self.backend = descriptor.name
-            loaded = _load_for(model, descriptor, self.config.max_model_len)
+            loaded = load_for(model, descriptor, self.config.max_model_len)
             self.tokenizer = loaded.tokenizer
             self.model_path = loaded.path
-            self.dtype = _choose_dtype(self.config, loaded, descriptor)
+            self.dtype = choose_dtype(self.config, loaded, descriptor)
             bar.update()
             bar.set_description(f"Loading model on {self.backend} ({self.dtype.value})")
             target = create_executor(
@@ -64,9 +79,9 @@ class LLM:
             draft: ModelExecutor | None = None
             if self.config.speculative_model is not None:
                 bar.set_description("Loading draft model")
-                draft_model = _load_for(self.config.speculative_model, descriptor,
+                draft_model = load_for(self.config.speculative_model, descriptor,
                                         self.config.max_model_len)
-                _check_draft_tokenizer(self.tokenizer.vocab_size,
+                check_draft_tokenizer(self.tokenizer.vocab_size,
                                        draft_model.tokenizer.vocab_size)
                 draft = create_executor(
                     self.config.executor_config(str(draft_model.path), self.dtype), self.backend
@@ -88,28 +103,35 @@ class LLM:
             )
             self.generation_defaults = loaded.generation
             self._streams: dict[str, deque[StreamDelta]] = {}
+            self._failed: dict[str, BaseException] = {}
+            self._lock = threading.RLock()
             bar.update()
 
     # --- prompts --------------------------------------------------------------------
     def encode_chat(self, messages: Messages, *, add_generation_prompt: bool = True) -> list[int]:
         """Token ids of ``messages`` rendered with the model's chat template."""
+        conversation = check_conversation(messages)
         text = self.tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=add_generation_prompt
+            list(conversation), add_generation_prompt=add_generation_prompt
         )
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def _add(self, prompt: PromptInput, params: SamplingParams,
-             lora: LoRARequest | None) -> str:
+    def _add(self, prompt: PromptInput, params: SamplingParams, lora: LoRARequest | None,
+             *, streamed: bool = False) -> str:
+        """Tokenise (no lock needed), then add the request (and its stream queue, in the
+        same locked section, so that no delta is produced before the queue exists)."""
+        text: str | None = None
         if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt)
-            return self.engine.add_request(ids, params, prompt=prompt, lora_request=lora)
-        token_ids = prompt.get("prompt_token_ids")
-        if not isinstance(token_ids, Sequence) or isinstance(token_ids, str):
-            raise InvalidInputError("a token prompt is {'prompt_token_ids': [int, ...]}")
-        text = prompt.get("prompt")
-        return self.engine.add_request(
-            token_ids, params, prompt=text if isinstance(text, str) else None, lora_request=lora
-        )
+            ids, text = tuple(self.tokenizer.encode(utf8_text(prompt, "prompt"))), prompt
+        else:
+            ids = token_ids_of(prompt.get("prompt_token_ids"))
+            given = prompt.get("prompt")
+            text = given if isinstance(given, str) else None
+        with self._lock:
+            request_id = self.engine.add_request(ids, params, prompt=text, lora_request=lora)
+            if streamed:
+                self._streams[request_id] = deque()
+            return request_id
 
     # --- generation -----------------------------------------------------------------
     def generate(
@@ -127,29 +149,60 @@ class LLM:
         try:
             for prompt, p, lora in zip(items, params, loras, strict=True):
                 ids.append(self._add(prompt, p or SamplingParams(), lora))
-            pending = set(ids)
+            done = 0
             with tqdm(total=len(ids), desc="Generating", file=sys.stderr,
                       disable=not use_tqdm, leave=False) as bar:
-                while pending and self.engine.has_unfinished_requests():
-                    for delta in self._step():
-                        if delta.finish_reason is not None and delta.request_id in pending:
-                            pending.discard(delta.request_id)
-                            bar.update()
+                while done < len(ids):
+                    with self._lock:
+                        self._raise_failure(ids)
+                        finished = sum(self.engine.is_finished(r) for r in ids)
+                        if finished < len(ids):
+                            self._step()
+                    bar.update(finished - done)
+                    done = finished
+            with self._lock:
+                return [self.engine.pop_output(request_id) for request_id in ids]
         except BaseException:
-            for request_id in ids:
-                self.engine.abort_request(request_id)
-                self.engine.pop_output(request_id)
+            with self._lock:
+                for request_id in ids:
+                    self._forget(request_id)
             raise
-        return [self.engine.pop_output(request_id) for request_id in ids]
 
-    def _step(self) -> list[StreamDelta]:
-        """One engine step; deltas of open streams are queued for their generators."""
-        deltas = self.engine.step()
+    def _step(self) -> None:
+        """One engine step (lock held); deltas of open streams are queued for their
+        generators. A failed step aborts every request in flight, each owner raises."""
+        in_flight = self.engine.unfinished_request_ids()
+        try:
+            deltas = self.engine.step()
+        except Exception as exc:
+            for request_id in in_flight:
+                self._failed[request_id] = exc
+                self.engine.abort_request(request_id)
+            return
         for delta in deltas:
             queue = self._streams.get(delta.request_id)
             if queue is not None:
                 queue.append(delta)
-        return deltas
+
+    def _raise_failure(self, request_ids: Sequence[str]) -> None:
+        for request_id in request_ids:
+            error = self._failed.pop(request_id, None)
+            if error is not None:
+                raise error
+
+    def _forget(self, request_id: str) -> None:
+        """Abort and drop a request (lock held), whatever state it is in."""
+        self._failed.pop(request_id, None)
+        self._streams.pop(request_id, None)
+        self.engine.abort_request(request_id)  # no-op once finished
+        if self.engine.has_request(request_id):
+            self.engine.pop_output(request_id)
+
+    def abort_request(self, request_id: str) -> None:
+        """Abort a request (e.g. a stream's ``delta.request_id``) from any thread; its
+        output ends with ``finish_reason == "abort"``."""
+        with self._lock:
+            self.engine.abort_request(request_id)
 
     def chat(
         self,
@@ -171,28 +224,30 @@ class LLM:
         lora_request: LoRARequest | None = None,
     ) -> Iterator[StreamDelta]:
         """Yield text deltas as tokens arrive; closing the generator aborts the request."""
-        request_id = self._add(prompt, params or SamplingParams(), lora_request)
-        queue = self._streams[request_id] = deque()
+        request_id = self._add(prompt, params or SamplingParams(), lora_request, streamed=True)
+        queue = self._streams[request_id]
         finished = False
         try:
             while not finished:
-                if not queue:
-                    self._step()
-                    continue
-                delta = queue.popleft()
+                with self._lock:
+                    self._raise_failure([request_id])
+                    if not queue:
+                        self._step()
+                        continue
+                    delta = queue.popleft()
                 finished = delta.finish_reason is not None
                 if delta.text or delta.token_ids or finished:
-                    yield delta
+                    yield delta  # no lock is held while the caller has the delta
         finally:
-            del self._streams[request_id]
-            self.engine.abort_request(request_id)  # no-op once finished
-            self.engine.pop_output(request_id)
+            with self._lock:
+                self._forget(request_id)
 
     def stats(self) -> dict[str, Any]:
         return self.engine.stats()
 
     def close(self) -> None:
-        self.engine.shutdown()
+        with self._lock:
+            self.engine.shutdown()
         for name in self.registry.list_names():
             executor = self.registry.remove(name)
             if executor is not None:
@@ -203,37 +258,6 @@ class LLM:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _load_for(model: str | Path | None, descriptor: BackendDescriptor,
-              max_model_len: int | None) -> LoadedModel:
-    """Load ``model`` if the backend runs its family (weights closed: the backend reopens)."""
-    from ferrum_core.models import load_model
-    from ferrum_core.models.loader import check_model_type
-
-    caps = descriptor.capabilities
-    accepted = caps.supported_model_types if caps is not None else None
-    loaded = load_model(model, max_model_len=max_model_len, model_types=None)
-    loaded.weights.close()
-    check_model_type(loaded.model_type, accepted, f"backend {descriptor.name!r}")
-    return loaded
-
-
-def _choose_dtype(config: EngineConfig, loaded: LoadedModel,
-                  descriptor: BackendDescriptor) -> DataType:
-    caps = descriptor.capabilities
-    supported = caps.supported_dtypes if caps is not None else (DataType.FP32,)
-    if config.dtype == AUTO:
-        return resolve_dtype(AUTO, stored_dtype(stored_elements(loaded)), supported)
-    return DataType(config.dtype)
-
-
-def _check_draft_tokenizer(target_vocab: int, draft_vocab: int) -> None:
-    if draft_vocab != target_vocab:
-        raise InvalidInputError(
-            f"speculative_model's tokenizer has {draft_vocab} tokens, the model's"
-            f" {target_vocab}: draft and target must share a tokenizer"
-        )
 
 
 def _per_prompt(value: Any, n: int, kind: type, name: str) -> list[Any]:

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer as BackendTokenizer
 from ferrum_core.errors import InvalidInputError, ModelLoadError
 from ferrum_core.models.chat_template import render_chat_template
 
-__all__ = ["Tokenizer"]
+__all__ = ["Tokenizer", "utf8_text"]
 
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 # transformers' clean_up_tokenization: undo spaces a word-piece decoder inserts.
@@ -28,6 +28,26 @@ _CLEANUP = (
     (" 've", "'ve"),
     (" 're", "'re"),
 )
+
+
+def utf8_text(value: object, what: str) -> str:
+    """``value`` if it is a ``str`` that is valid UTF-8, else :class:`InvalidInputError`.
+
+    Undecodable bytes on the command line or stdin reach Python as lone surrogates
+    (``surrogateescape``); the message names the original byte and where it is.
+    """
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be text (a str), got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(value[exc.start])
+        bad = (f"undecodable byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF
+               else f"lone surrogate U+{code:04X}")
+        raise InvalidInputError(
+            f"{what} is not valid UTF-8 text: {bad} at character {exc.start}"
+        ) from None
+    return value
 
 
 def _token_text(value: Any) -> str | None:
@@ -123,8 +143,7 @@ class Tokenizer:
         return self.backend.id_to_token(token_id)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        if not isinstance(text, str):
-            raise InvalidInputError(f"text to encode must be a str, got {type(text).__name__}")
+        utf8_text(text, "text to encode")
         return list(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:

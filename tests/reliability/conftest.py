@@ -1,0 +1,46 @@
+"""Fixtures of the reliability tests: a tiny llama on the `torch` backend, pool checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.tiny_models import build_tiny_model
+
+
+def _require_torch_backend() -> None:
+    from ferrum_core.backends import get_backend
+    from ferrum_core.errors import FerrumError
+
+    try:
+        get_backend("torch").factory()
+    except (FerrumError, ImportError) as exc:
+        pytest.skip(f"the torch backend is not usable here: {exc}")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random llama (vocab 256, ChatML template), built once per session."""
+    pytest.importorskip("transformers")
+    _require_torch_backend()
+    return build_tiny_model(tmp_path_factory.mktemp("reliability-models"), "llama", seed=0)
+
+
+@pytest.fixture(scope="module")
+def shared_llm(tiny_dir: Path) -> Iterator[Any]:
+    """One LLM per test module (block_size 4, a pool of 128 blocks)."""
+    from ferrum_core.engine import LLM
+
+    llm = LLM(str(tiny_dir), "torch", block_size=4, num_kv_blocks=128, max_model_len=96)
+    yield llm
+    llm.close()
+
+
+def free_blocks(llm: Any) -> int:
+    """Free blocks of the LLM's KV pool (the torch backend pages its cache)."""
+    snapshot = llm.engine.runner.executor.cache_metrics_snapshot()
+    assert snapshot is not None and "kv_blocks_free" in snapshot
+    return int(snapshot["kv_blocks_free"])
