@@ -6,6 +6,7 @@ that ``transformers`` accepts means the same model here.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ferrum_core.errors import ConfigError
@@ -60,8 +61,8 @@ def get_float(data: dict[str, Any], key: str, default: Any = _MISSING) -> Any:
         if default is _MISSING:
             raise ConfigError(f"missing required key {key!r}")
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"key {key!r} must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"key {key!r} must be a finite number, got {value!r}")
     return float(value)
 
 
@@ -88,6 +89,8 @@ def raw_model_type(data: dict[str, Any]) -> str:
     model_type = data.get("model_type")
     if model_type is None:
         archs = data.get("architectures") or []
+        if not isinstance(archs, list):
+            raise ConfigError(f"key 'architectures' must be a list of names, got {archs!r}")
         known = [_ARCHITECTURES[a] for a in archs if isinstance(a, str) and a in _ARCHITECTURES]
         if not known:
             raise ConfigError("missing required key 'model_type'")

@@ -8,6 +8,7 @@ layouts; they must then agree.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ferrum_core.errors import ConfigError
@@ -46,8 +47,10 @@ def _number(params: dict[str, Any], key: str, where: dict[str, str]) -> float:
     value = params.get(key)
     if value is None:
         raise ConfigError(f"missing required key {name!r}")
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(f"key {name!r} must be a number > 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+        0 < value < math.inf
+    ):
+        raise ConfigError(f"key {name!r} must be a finite number > 0, got {value!r}")
     return float(value)
 
 

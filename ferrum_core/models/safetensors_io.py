@@ -50,10 +50,17 @@ class TensorEntry:
     end: int
 
 
+def _whole(value: Any) -> int:
+    """A non-negative JSON integer (no bools, floats or strings); ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(value)
+    return value
+
+
 def _parse_entry(path: Path, name: str, info: Any, base: int) -> TensorEntry:
     try:
-        dtype, shape = str(info["dtype"]), tuple(int(d) for d in info["shape"])
-        begin, end = (int(x) for x in info["data_offsets"])
+        dtype, shape = str(info["dtype"]), tuple(_whole(d) for d in info["shape"])
+        begin, end = (_whole(x) for x in info["data_offsets"])
     except (KeyError, TypeError, ValueError):
         raise ModelLoadError(f"{path}: malformed header entry for tensor {name!r}") from None
     if dtype not in _NUMPY_DTYPES:
@@ -108,6 +115,9 @@ class SafetensorsFile:
         if not isinstance(header, dict):
             raise ModelLoadError(f"{self.path}: corrupt safetensors header (not an object)")
         metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict):
+            raise ModelLoadError(f"{self.path}: corrupt safetensors header (__metadata__ is not"
+                                 " an object)")
         entries = {n: _parse_entry(self.path, n, info, 8 + length) for n, info in header.items()}
         for entry in entries.values():
             if entry.end > size:
