@@ -7,6 +7,7 @@ the backend applies the adapter, so one batch may mix several adapters.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -29,12 +30,31 @@ class LoRARequest:
         if not isinstance(self.name, str) or not self.name:
             raise InvalidInputError("LoRARequest needs a non-empty adapter name")
         path = Path(self.path)
-        if not (path / "adapter_config.json").is_file():
-            raise InvalidInputError(
-                f"LoRA adapter {self.name!r}: {path} is not a PEFT adapter directory"
-                " (no adapter_config.json)"
-            )
+        _check_adapter(self.name, path)
         object.__setattr__(self, "path", path.resolve())
 
     def metadata(self) -> MappingProxyType[str, Any]:
         return MappingProxyType({LORA_ADAPTER_KEY: self.name, LORA_PATH_KEY: str(self.path)})
+
+
+def _check_adapter(name: str, path: Path) -> None:
+    """The adapter's files and metadata, checked when the request is made (not in the
+    middle of a batch, where a failure would hit every request in flight)."""
+    where = f"LoRA adapter {name!r}: {path}"
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file():
+        raise InvalidInputError(f"{where} is not a PEFT adapter directory (no adapter_config.json)")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"{where}: unreadable adapter_config.json ({exc})") from None
+    if not isinstance(config, dict):
+        raise InvalidInputError(f"{where}: adapter_config.json is not a JSON object")
+    for key, kind in (("r", int), ("lora_alpha", int | float)):
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)
+                                  or value <= 0):
+            raise InvalidInputError(
+                f"{where}: adapter_config.json key {key!r} must be a positive number,"
+                f" got {value!r}"
+            )

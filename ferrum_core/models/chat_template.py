@@ -105,3 +105,8 @@ def render_chat_template(
         )
     except jinja2.exceptions.TemplateError as exc:
         raise InvalidInputError(f"chat template failed: {exc}") from None
+    except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as exc:
+        # the template is the model repository's code: its own bugs are not ours
+        raise InvalidInputError(
+            f"chat template failed: {type(exc).__name__}: {exc}"
+        ) from None

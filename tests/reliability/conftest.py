@@ -44,3 +44,32 @@ def free_blocks(llm: Any) -> int:
     snapshot = llm.engine.runner.executor.cache_metrics_snapshot()
     assert snapshot is not None and "kv_blocks_free" in snapshot
     return int(snapshot["kv_blocks_free"])
+
+
+@pytest.fixture(scope="module")
+def executors(tiny_dir: Path) -> Iterator[list[Any]]:
+    """Two torch executors of the tiny model (one to be the other's foreigner)."""
+    from ferrum_core.backends import create_executor
+    from ferrum_core.engine import EngineConfig
+    from ferrum_core.types import DataType
+
+    config = EngineConfig(block_size=4, num_kv_blocks=64).executor_config(str(tiny_dir),
+                                                                         DataType.FP32)
+    made = [create_executor(config, "torch") for _ in range(2)]
+    yield made
+    for executor in made:
+        executor.shutdown()
+
+
+def prefill(executor: Any, tokens: list[int]) -> Any:
+    from ferrum_core.protocol import PrefillInput
+    from ferrum_core.tensor import token_ids
+
+    return executor.prefill(PrefillInput(token_ids(tokens)))
+
+
+def decode_one(executor: Any, token: int, handle: Any) -> Any:
+    from ferrum_core.protocol import DecodeInput
+    from ferrum_core.tensor import token_ids
+
+    return executor.decode(DecodeInput(token_ids([token]), handle))

@@ -191,7 +191,7 @@ def test_safetensors_known_bad_headers(header: dict[str, Any], tmp_path: Path) -
     raw = json.dumps(header).encode()
     path = tmp_path / "bad.safetensors"
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(16))
-    with pytest.raises(ModelLoadError, match="bad.safetensors"):
+    with pytest.raises(ModelLoadError, match=r"bad\.safetensors"):
         SafetensorsFile(path)
 
 
