@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ferrum_core.errors import ConfigError
 from ferrum_core.models.config import read_json_object
 
 __all__ = ["GenerationDefaults"]
@@ -46,6 +47,8 @@ class GenerationDefaults:
         cls, data: dict[str, Any], *, eos_token_ids: tuple[int, ...] = ()
     ) -> GenerationDefaults:
         """``eos_token_ids`` (from config.json and the tokenizer) come first."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"generation_config must be a JSON object, got {type(data).__name__}")
         eos = data.get("eos_token_id")
         listed = eos if isinstance(eos, list) else [] if eos is None else [eos]
         own = [i for i in listed if isinstance(i, int) and not isinstance(i, bool)]

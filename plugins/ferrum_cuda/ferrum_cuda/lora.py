@@ -91,6 +91,11 @@ def load_peft_adapter(
         raise ModelLoadError(
             f"LoRA adapter {name!r}: unreadable adapter_config.json: {exc}"
         ) from exc
+    if not isinstance(conf, dict):
+        raise ModelLoadError(
+            f"LoRA adapter {name!r}: adapter_config.json must be a JSON object, "
+            f"not {type(conf).__name__}"
+        )
     if (
         conf.get("peft_type", "LORA") != "LORA"
         or conf.get("use_dora")
@@ -101,7 +106,14 @@ def load_peft_adapter(
         raise UnsupportedError(
             f"LoRA adapter {name!r}: trained biases / modules_to_save are not supported"
         )
-    alpha, rank = float(conf.get("lora_alpha", 8)), int(conf.get("r", 8))
+    try:
+        alpha, rank = float(conf.get("lora_alpha", 8)), int(conf.get("r", 8))
+    except (TypeError, ValueError):
+        raise ModelLoadError(
+            f"LoRA adapter {name!r}: adapter_config.json 'r' and 'lora_alpha' must be numbers"
+        ) from None
+    if rank < 1 or not alpha > 0:
+        raise ModelLoadError(f"LoRA adapter {name!r}: 'r' and 'lora_alpha' must be positive")
     rslora = bool(conf.get("use_rslora", False))
     tensors = load_file(str(weights_path))
     pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
