@@ -40,6 +40,9 @@ class EngineConfig(BaseModel):
     num_speculative_tokens: int = Field(default=4, ge=1, le=32)
     threads: int | None = Field(default=None, ge=1)
     device: str | None = None
+    executor_options: dict[str, Any] = Field(default_factory=dict)
+    """Backend-specific keys for the factory, as they are (``ExecutorConfig.executor_options``);
+    ``enable_prefix_caching`` and ``threads`` above take precedence."""
 
     @classmethod
     def from_kwargs(cls, config: dict[str, Any]) -> EngineConfig:
@@ -51,7 +54,8 @@ class EngineConfig(BaseModel):
     def executor_config(self, model_path: str | None, dtype: DataType) -> ExecutorConfig:
         """The executor's config in ``dtype`` (``auto`` resolved by the caller); ``device``
         is left to the backend unless set here."""
-        options: dict[str, Any] = {"enable_prefix_caching": self.enable_prefix_caching}
+        options: dict[str, Any] = {**self.executor_options,
+                                   "enable_prefix_caching": self.enable_prefix_caching}
         if self.threads is not None:
             options["threads"] = self.threads
         extra: dict[str, Any] = {} if self.device is None else {"device": self.device}
