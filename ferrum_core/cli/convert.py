@@ -14,16 +14,23 @@ __all__ = ["convert"]
 @click.command("convert")
 @click.argument("gguf_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--force", is_flag=True, help="Replace OUT_DIR if it already has content.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace OUT_DIR if an earlier `ferrum convert` wrote it (it holds .ferrum-convert.json).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def convert(gguf_file: Path, out_dir: Path, force: bool, progress: bool, as_json: bool) -> None:
     """Dequantise GGUF_FILE (llama architecture) into OUT_DIR: config.json,
     float32 model.safetensors, tokenizer.json and tokenizer_config.json, loadable
     by Ferrum and by transformers."""
+    from ferrum_core.models.cache import ReplaceRefusedError
     from ferrum_core.models.config import ModelConfig
     from ferrum_core.models.gguf_import import convert_gguf
 
+    if force and gguf_file.resolve().is_relative_to(out_dir.resolve()):
+        raise ReplaceRefusedError(f"{out_dir} holds the source {gguf_file}; refusing to replace it")
     started = time.perf_counter()
     out = convert_gguf(
         gguf_file, out_dir, progress and not as_json, if_exists="replace" if force else "error"

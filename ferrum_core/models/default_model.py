@@ -5,9 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import os
+import shutil
 import sys
 from pathlib import Path
 
+from ferrum_core.cache_trust import (
+    remembered_sha256,
+    remove_stale_temps,
+    secure_dir,
+    temp_name,
+    trust_problem,
+)
 from ferrum_core.errors import ModelLoadError
 from ferrum_core.models.cache import ferrum_home
 from ferrum_core.models.gguf_import import convert_gguf
@@ -49,11 +58,34 @@ def default_gguf_path() -> Path:
 
 
 def gguf_cache_dir(gguf: Path) -> Path:
-    """``$FERRUM_HOME/models/<stem>-<hash of size, mtime and converter version>``."""
-    stat = gguf.stat()
-    stamp = f"{stat.st_size}:{stat.st_mtime_ns}:{CONVERTER_VERSION}"
-    digest = hashlib.sha256(stamp.encode()).hexdigest()[:12]
+    """``$FERRUM_HOME/models/<stem>-<hash of the file's sha256 and converter version>``.
+
+    The file's sha256 is computed once and remembered in ``$FERRUM_HOME/hashes``
+    against its full stat, so two files alike in name, size and mtime never share
+    a conversion.
+    """
+    content = remembered_sha256(gguf, ferrum_home() / "hashes")
+    digest = hashlib.sha256(f"{content}:{CONVERTER_VERSION}".encode()).hexdigest()[:16]
     return ferrum_home() / "models" / f"{gguf.stem}-{digest}"
+
+
+def _distrust(target: Path) -> str | None:
+    """Why a converted directory must be rebuilt: it, or a file in it, is not
+    this user's or is writable by others."""
+    problem = trust_problem(target, directory=True)
+    for entry in () if problem else sorted(target.iterdir()):
+        problem = problem or trust_problem(entry, directory=entry.is_dir())
+    return problem
+
+
+def _discard(target: Path) -> None:
+    """Move ``target`` out of the way (a rename is atomic), then delete it."""
+    aside = target.with_name(temp_name(target.name, "old"))
+    try:
+        os.rename(target, aside)
+    except FileNotFoundError:
+        return  # another process discarded it first
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def converted_gguf_dir(gguf: str | Path, *, progress: bool | None = None) -> Path:
@@ -62,9 +94,17 @@ def converted_gguf_dir(gguf: str | Path, *, progress: bool | None = None) -> Pat
     if not source.is_file():
         raise ModelLoadError(f"{source}: GGUF file not found")
     target = gguf_cache_dir(source)
+    refused = secure_dir(target.parent)
+    if refused is not None:
+        raise ModelLoadError(f"cannot cache converted models safely: {refused}; set FERRUM_HOME")
+    remove_stale_temps(target.parent)
     # Directories appear by rename, so one that exists is complete: no lock needed.
-    if (target / "config.json").is_file():
-        return target
+    if target.exists() or target.is_symlink():
+        problem = _distrust(target)
+        if problem is None and (target / "config.json").is_file():
+            return target
+        print(f"ferrum: converting {source.name} again: {problem or 'incomplete'}", file=sys.stderr)
+        _discard(target)
     if progress is None:
         progress = sys.stderr.isatty()
     return convert_gguf(source, target, progress, if_exists="skip")

