@@ -44,6 +44,8 @@ def trust_problem(path: Path, *, directory: bool = False) -> str | None:
         st = os.lstat(path)
     except FileNotFoundError:
         return f"{path} is missing"
+    except OSError as exc:
+        return f"{path} cannot be read ({exc.strerror})"
     kind = "directory" if directory else "regular file"
     if stat.S_ISLNK(st.st_mode):
         return f"{path} is a symbolic link"
@@ -73,12 +75,15 @@ def secure_dir(path: Path) -> str | None:
     ours and writable by nobody else, else why the cache in it is refused."""
     path = path.absolute()
     missing = [p for p in (path, *path.parents) if not p.exists()]
-    for new in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            new.mkdir(mode=0o755)
-    st = os.lstat(path)
-    if st.st_uid == os.getuid() and stat.S_ISDIR(st.st_mode) and st.st_mode & 0o022:
-        path.chmod(stat.S_IMODE(st.st_mode) & ~0o022)
+    try:
+        for new in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                new.mkdir(mode=0o755)
+        st = os.lstat(path)
+        if st.st_uid == os.getuid() and stat.S_ISDIR(st.st_mode) and st.st_mode & 0o022:
+            path.chmod(stat.S_IMODE(st.st_mode) & ~0o022)
+    except OSError as exc:
+        return f"cannot create {exc.filename or path} ({exc.strerror})"
     return trust_problem(path, directory=True) or _ancestor_problem(path)
 
 
@@ -125,7 +130,8 @@ def remembered_sha256(path: Path, memo_dir: Path) -> str:
     digest = file_sha256(path)
     if _stat_key(os.stat(path)) == before and secure_dir(memo_dir) is None:
         record = {"path": str(path), "stat": before, "sha256": digest}
-        write_private_file(memo, json.dumps(record).encode())
+        with contextlib.suppress(OSError):  # a read-only FERRUM_HOME: hash again next time
+            write_private_file(memo, json.dumps(record).encode())
     return digest
 
 

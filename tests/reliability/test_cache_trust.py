@@ -121,3 +121,12 @@ def test_another_users_temporaries_are_left_alone(tmp_path: Path) -> None:
     theirs.mkdir()
     os.chown(theirs, 65534, 65534)
     assert remove_stale_temps(tmp_path) == [] and theirs.exists()
+
+
+def test_an_unwritable_home_is_a_reason_not_a_crash(tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"  # a file where the cache directory should go: even root fails
+    blocked.write_bytes(b"")
+    assert "cannot create" in str(secure_dir(blocked / "kernels"))
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    assert remembered_sha256(path, blocked / "hashes") == file_sha256(path)
