@@ -88,6 +88,7 @@ def secure_dir(path: Path) -> str | None:
 
 
 def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's content, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -174,6 +175,8 @@ def temp_name(stem: str, kind: str = "tmp") -> str:
 
 
 def make_temp_dir(parent: Path, stem: str) -> Path:
+    """A new private (0700) directory under ``parent`` named for this writer
+    (:func:`temp_name`), so :func:`remove_stale_temps` can clear it once the writer is dead."""
     path = parent / temp_name(stem)
     path.mkdir(mode=0o700)
     return path

@@ -112,6 +112,13 @@ Hugging Face names; where the model came from a GGUF, the weight source also
 offers each tensor as stored (its GGUF type and raw blocks), see
 :class:`StoredTensor` and :func:`split_blocks`.
 
+**Caching under ``$FERRUM_HOME``** (:func:`ferrum_home`): load nothing from
+there that this user did not write. :func:`secure_dir`, :func:`trust_problem`
+(owner, mode, symlink checks), :func:`file_sha256` and :func:`write_private_file`
+let a backend record a content hash when it builds a file and verify it before
+loading; :func:`make_temp_dir` names temporaries for their writer and
+:func:`remove_stale_temps` clears those of dead writers.
+
 Internal modules stay importable, so plugins written against the older paths
 keep working under API version 1, but only this module is the contract.
 """
@@ -179,6 +186,14 @@ from ferrum_core.protocol import (
 from ferrum_core.types import DataType, Device, ModelInfo, parse_device
 
 if TYPE_CHECKING:
+    from ferrum_core.cache_trust import (
+        file_sha256,
+        make_temp_dir,
+        remove_stale_temps,
+        secure_dir,
+        trust_problem,
+        write_private_file,
+    )
     from ferrum_core.dtype_choice import resolve_dtype, stored_dtype
     from ferrum_core.kv import (
         AppendPlan,
@@ -299,6 +314,13 @@ __all__ = [
     "StoredTensor",
     "split_blocks",
     "to_float32",
+    # files a backend caches under ferrum_home()
+    "file_sha256",
+    "make_temp_dir",
+    "remove_stale_temps",
+    "secure_dir",
+    "trust_problem",
+    "write_private_file",
     # paged-KV bookkeeping
     "AppendPlan",
     "AppendRequest",
@@ -336,6 +358,12 @@ POOL_METRIC_KEYS = (
 # Heavier names (numpy model code, tokenizers, jinja2) load on first use, so an
 # entry-point module that imports this one keeps `ferrum list-backends` fast.
 _LAZY = {
+    "file_sha256": "ferrum_core.cache_trust",
+    "make_temp_dir": "ferrum_core.cache_trust",
+    "remove_stale_temps": "ferrum_core.cache_trust",
+    "secure_dir": "ferrum_core.cache_trust",
+    "trust_problem": "ferrum_core.cache_trust",
+    "write_private_file": "ferrum_core.cache_trust",
     "resolve_dtype": "ferrum_core.dtype_choice",
     "stored_dtype": "ferrum_core.dtype_choice",
     "AppendPlan": "ferrum_core.kv",

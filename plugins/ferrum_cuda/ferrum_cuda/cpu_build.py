@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ferrum_core.cache_trust import make_temp_dir, remove_stale_temps, secure_dir
+from ferrum_core.plugin import make_temp_dir, remove_stale_temps, secure_dir
 from ferrum_cuda.cpu_kernels_src import kernel_source
 from ferrum_cuda.kernel_cache import (
     compile_dying_with_parent,

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ferrum_core.cache_trust import file_sha256, trust_problem, write_private_file
+from ferrum_core.plugin import file_sha256, trust_problem, write_private_file
 
 __all__ = ["compile_dying_with_parent", "record_library", "shorten", "verify_library"]
 
