@@ -8,9 +8,11 @@ rotary embedding + KV store, single-query attention and SiLU-gating in one
 call each; a small-M GEMM on weights packed in 16-column panels serves the
 linears (see :mod:`ferrum_cuda.linear`). They are plain C (OpenMP from the
 libgomp torch already loaded), built on first use by :mod:`ferrum_cuda.cpu_build`,
-checked against the torch ops once, and skipped
-silently when no compiler is found, the build fails or the check disagrees:
-the torch path stays the reference. ``FERRUM_CPU_KERNELS=0`` turns them off.
+checked against the torch ops once, and skipped when no compiler is found
+(silently), the build fails (one line on stderr with the compiler's message) or
+the check disagrees: the torch path stays the reference. The cached library is
+loaded only after its owner, mode and recorded sha256 check out
+(:mod:`ferrum_cuda.kernel_cache`). ``FERRUM_CPU_KERNELS=0`` turns them off.
 """
 
 from __future__ import annotations
