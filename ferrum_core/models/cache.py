@@ -112,7 +112,10 @@ def write_dir_atomically(
                     f"{target} was not written by a conversion (no {WRITE_MARKER});"
                     " refusing to replace it: remove it yourself or choose another directory"
                 )
-        tmp = make_temp_dir(target.parent, target.name)
+        try:
+            tmp = make_temp_dir(target.parent, target.name)
+        except OSError as exc:
+            raise ModelLoadError(f"cannot write into {target.parent} ({exc.strerror})") from None
         try:
             build(tmp)
             _seal(tmp, marker)
@@ -123,6 +126,10 @@ def write_dir_atomically(
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.rename(tmp, target)
+        except OSError as exc:  # a full disk, a read-only or vanishing directory
+            shutil.rmtree(tmp, ignore_errors=True)
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise ModelLoadError(f"cannot write {target} ({where}{exc.strerror or exc})") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

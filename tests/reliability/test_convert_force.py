@@ -75,3 +75,12 @@ def test_force_replaces_an_earlier_conversion(gguf: Path, tmp_path: Path) -> Non
     assert again.exit_code == 0, again.output
     assert not (out / "stale.txt").exists() and (out / "config.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporaries left
+
+
+@pytest.mark.parametrize("out", ["/proc/ferrum-convert-out", "/proc/self/ferrum-out/x"])
+def test_convert_into_a_directory_it_cannot_write(gguf: Path, out: str) -> None:
+    """/proc refuses new entries even to root (tests here run as root, which ignores modes)."""
+    result = CliRunner().invoke(cli, ["convert", str(gguf), out, "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "cannot" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
