@@ -357,49 +357,34 @@ POOL_METRIC_KEYS = (
 
 # Heavier names (numpy model code, tokenizers, jinja2) load on first use, so an
 # entry-point module that imports this one keeps `ferrum list-backends` fast.
-_LAZY = {
-    "file_sha256": "ferrum_core.cache_trust",
-    "make_temp_dir": "ferrum_core.cache_trust",
-    "remove_stale_temps": "ferrum_core.cache_trust",
-    "secure_dir": "ferrum_core.cache_trust",
-    "trust_problem": "ferrum_core.cache_trust",
-    "write_private_file": "ferrum_core.cache_trust",
-    "resolve_dtype": "ferrum_core.dtype_choice",
-    "stored_dtype": "ferrum_core.dtype_choice",
-    "AppendPlan": "ferrum_core.kv",
-    "AppendRequest": "ferrum_core.kv",
-    "AppendResult": "ferrum_core.kv",
-    "BlockAllocator": "ferrum_core.kv",
-    "KvBlockManager": "ferrum_core.kv",
-    "PrefixCache": "ferrum_core.kv",
-    "ActiveLoraAdapter": "ferrum_core.llm",
-    "DecodeItem": "ferrum_core.llm",
-    "DecoderOnlyLLM": "ferrum_core.llm",
-    "LlmExecutor": "ferrum_core.llm",
-    "LlmRuntimeConfig": "ferrum_core.llm",
-    "UnifiedItem": "ferrum_core.llm",
-    "LORA_ADAPTER_KEY": "ferrum_core.llm.metadata",
-    "LORA_PATH_KEY": "ferrum_core.llm.metadata",
-    "REQUIRE_FULL_LOGITS_KEY": "ferrum_core.llm.metadata",
-    "LoadedModel": "ferrum_core.models",
-    "ModelConfig": "ferrum_core.models",
-    "RopeScaling": "ferrum_core.models",
-    "Tokenizer": "ferrum_core.models",
-    "WeightSource": "ferrum_core.models",
-    "expected_tensors": "ferrum_core.models",
-    "load_model": "ferrum_core.models",
-    "rope_inv_freq": "ferrum_core.models",
-    "ferrum_home": "ferrum_core.models.cache",
-    "GgufTensors": "ferrum_core.models.gguf_tensors",
-    "BLOCK_TYPES": "ferrum_core.models.quant_blocks",
-    "QuantBlocks": "ferrum_core.models.quant_blocks",
-    "StoredTensor": "ferrum_core.models.quant_blocks",
-    "split_blocks": "ferrum_core.models.quant_blocks",
-    "to_float32": "ferrum_core.models.quant_blocks",
-    "KNOWN_MODEL_TYPES": "ferrum_core.models.config_parse",
-    "HostTensor": "ferrum_core.tensor",
-    "TensorRef": "ferrum_core.tensor",
+_LAZY_BY_MODULE = {
+    "ferrum_core.cache_trust": (
+        "file_sha256", "make_temp_dir", "remove_stale_temps", "secure_dir", "trust_problem",
+        "write_private_file",
+    ),
+    "ferrum_core.dtype_choice": ("resolve_dtype", "stored_dtype"),
+    "ferrum_core.kv": (
+        "AppendPlan", "AppendRequest", "AppendResult", "BlockAllocator", "KvBlockManager",
+        "PrefixCache",
+    ),
+    "ferrum_core.llm": (
+        "ActiveLoraAdapter", "DecodeItem", "DecoderOnlyLLM", "LlmExecutor", "LlmRuntimeConfig",
+        "UnifiedItem",
+    ),
+    "ferrum_core.llm.metadata": ("LORA_ADAPTER_KEY", "LORA_PATH_KEY", "REQUIRE_FULL_LOGITS_KEY"),
+    "ferrum_core.models": (
+        "LoadedModel", "ModelConfig", "RopeScaling", "Tokenizer", "WeightSource",
+        "expected_tensors", "load_model", "rope_inv_freq",
+    ),
+    "ferrum_core.models.cache": ("ferrum_home",),
+    "ferrum_core.models.gguf_tensors": ("GgufTensors",),
+    "ferrum_core.models.quant_blocks": (
+        "BLOCK_TYPES", "QuantBlocks", "StoredTensor", "split_blocks", "to_float32",
+    ),
+    "ferrum_core.models.config_parse": ("KNOWN_MODEL_TYPES",),
+    "ferrum_core.tensor": ("HostTensor", "TensorRef"),
 }
+_LAZY = {name: module for module, names in _LAZY_BY_MODULE.items() for name in names}
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FAMILIES", "SPECIAL_TOKENS", "CHAT_TEMPLATE", "build_tiny_model", "default_model_dir"]
+__all__ = [
+    "FAMILIES",
+    "SPECIAL_TOKENS",
+    "CHAT_TEMPLATE",
+    "build_tiny_model",
+    "build_tiny_gpt2",
+    "default_model_dir",
+    "require_torch_backend",
+]
 
 FAMILIES = ("llama", "llama3", "mistral", "qwen2", "qwen3")
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>")
@@ -217,3 +225,16 @@ def build_tiny_gpt2(tmp_path: Path, *, seed: int = 0) -> Path:
     model.save_pretrained(out)
     _write_tokenizer(out, 256, 128)
     return out
+
+
+def require_torch_backend() -> None:
+    """Skip the calling test when the `torch` backend cannot build executors here."""
+    import pytest
+
+    from ferrum_core.backends import get_backend
+    from ferrum_core.errors import FerrumError
+
+    try:
+        get_backend("torch").factory()
+    except (FerrumError, ImportError) as exc:
+        pytest.skip(f"the torch backend is not usable here: {exc}")

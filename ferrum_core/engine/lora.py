@@ -7,14 +7,14 @@ the backend applies the adapter, so one batch may mix several adapters.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ferrum_core.errors import InvalidInputError
+from ferrum_core.errors import ConfigError, InvalidInputError
 from ferrum_core.llm.metadata import LORA_ADAPTER_KEY, LORA_PATH_KEY
+from ferrum_core.models.config import read_json_object
 
 __all__ = ["LoRARequest"]
 
@@ -45,11 +45,9 @@ def _check_adapter(name: str, path: Path) -> None:
     if not config_file.is_file():
         raise InvalidInputError(f"{where} is not a PEFT adapter directory (no adapter_config.json)")
     try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInputError(f"{where}: unreadable adapter_config.json ({exc})") from None
-    if not isinstance(config, dict):
-        raise InvalidInputError(f"{where}: adapter_config.json is not a JSON object")
+        config = read_json_object(config_file)
+    except ConfigError as exc:
+        raise InvalidInputError(f"LoRA adapter {name!r}: {exc}") from None
     for key, kind in (("r", int), ("lora_alpha", int | float)):
         value = config.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, kind)

@@ -8,24 +8,14 @@ from typing import Any
 
 import pytest
 
-from tests.tiny_models import build_tiny_model
-
-
-def _require_torch_backend() -> None:
-    from ferrum_core.backends import get_backend
-    from ferrum_core.errors import FerrumError
-
-    try:
-        get_backend("torch").factory()
-    except (FerrumError, ImportError) as exc:
-        pytest.skip(f"the torch backend is not usable here: {exc}")
+from tests.tiny_models import build_tiny_model, require_torch_backend
 
 
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny llama and a smaller draft with the same tokenizer (built once per session)."""
     pytest.importorskip("transformers")
-    _require_torch_backend()
+    require_torch_backend()
     root = tmp_path_factory.mktemp("engine-models")
     return {
         "target": build_tiny_model(root, "llama", seed=0),

@@ -8,24 +8,14 @@ from typing import Any
 
 import pytest
 
-from tests.tiny_models import build_tiny_model
-
-
-def _require_torch_backend() -> None:
-    from ferrum_core.backends import get_backend
-    from ferrum_core.errors import FerrumError
-
-    try:
-        get_backend("torch").factory()
-    except (FerrumError, ImportError) as exc:
-        pytest.skip(f"the torch backend is not usable here: {exc}")
+from tests.tiny_models import build_tiny_model, require_torch_backend
 
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random llama (vocab 256, ChatML template), built once per session."""
     pytest.importorskip("transformers")
-    _require_torch_backend()
+    require_torch_backend()
     return build_tiny_model(tmp_path_factory.mktemp("reliability-models"), "llama", seed=0)
 
 

@@ -1,18 +1,14 @@
 """Fused fp32 CPU kernels for the decode path, compiled once with the system C compiler.
 
-A decode step for a handful of sequences is made of tiny tensors: outside the
-GEMMs, every torch op costs more in dispatch than in arithmetic, and the
-small-query attention is far from the machine's speed in SDPA or in the
-batched GEMMs (MKL's slow path on AMD parts). These kernels do RMSNorm,
-rotary embedding + KV store, single-query attention and SiLU-gating in one
-call each; a small-M GEMM on weights packed in 16-column panels serves the
-linears (see :mod:`ferrum_cuda.linear`). They are plain C (OpenMP from the
-libgomp torch already loaded), built on first use by :mod:`ferrum_cuda.cpu_build`,
-checked against the torch ops once, and skipped when no compiler is found
-(silently), the build fails (one line on stderr with the compiler's message) or
-the check disagrees: the torch path stays the reference. The cached library is
-loaded only after its owner, mode and recorded sha256 check out
-(:mod:`ferrum_cuda.kernel_cache`). ``FERRUM_CPU_KERNELS=0`` turns them off.
+In a decode step of a few sequences every torch op outside the GEMMs costs more
+in dispatch than in arithmetic, and small-query attention is slow in SDPA and in
+batched GEMMs. These kernels do RMSNorm, rotary embedding + KV store,
+single-query attention and SiLU-gating in one call each; a small-M GEMM on
+16-column weight panels serves the linears (:mod:`ferrum_cuda.linear`). Plain C
+with torch's OpenMP, built by :mod:`ferrum_cuda.cpu_build` (loaded only after
+owner, mode and recorded sha256 check out), checked against torch once, skipped
+without a compiler or on a failed build (one stderr line with the compiler's
+message) or check. ``FERRUM_CPU_KERNELS=0`` turns them off.
 """
 
 from __future__ import annotations
