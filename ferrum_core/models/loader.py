@@ -12,6 +12,7 @@ from ferrum_core.models.config import ModelConfig, read_json_object
 from ferrum_core.models.config_parse import KNOWN_MODEL_TYPES, raw_model_type
 from ferrum_core.models.default_model import converted_gguf_dir, default_gguf_path
 from ferrum_core.models.generation import GenerationDefaults
+from ferrum_core.models.hub import hub_snapshot, looks_like_hub_id
 from ferrum_core.models.tokenizer import Tokenizer
 from ferrum_core.models.weights import WeightSource
 
@@ -67,9 +68,11 @@ def _source(path: str | Path | None) -> tuple[Path, Path | None]:
             return converted_gguf_dir(ggufs[0]), ggufs[0].resolve()
         detail = f" and {len(ggufs)} .gguf files (pass one of them)" if ggufs else ""
         raise ModelLoadError(f"{candidate}: no config.json{detail}")
+    if looks_like_hub_id(str(path)):
+        return _source(hub_snapshot(str(path)))
     raise ModelLoadError(
-        f"model path {candidate} does not exist (Ferrum loads local model directories "
-        "and .gguf files; it downloads nothing)"
+        f"model path {candidate} does not exist (Ferrum loads local model directories, "
+        ".gguf files and Hugging Face Hub ids such as Org/Name)"
     )
 
 
@@ -78,7 +81,9 @@ def resolve_model_dir(path: str | Path | None = None) -> Path:
 
     ``None`` is the default model; a ``.gguf`` file (or a directory holding
     exactly one and no ``config.json``) is converted once into ``$FERRUM_HOME``;
-    a directory with a ``config.json`` is used as is. Nothing is downloaded.
+    a directory with a ``config.json`` is used as is. A name that is no local
+    path but looks like ``Org/Name[@revision]`` is a Hugging Face Hub id
+    (:mod:`ferrum_core.models.hub`): a local path always wins.
     """
     return _source(path)[0]
 
