@@ -1,0 +1,94 @@
+"""`ferrum serve`: the OpenAI-compatible server (FastAPI + uvicorn, imported only here)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ferrum_core.cli.generate import DTYPES, _errors
+
+__all__ = ["serve", "is_loopback"]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_template(path: str) -> str:
+    from ferrum_core.errors import InvalidInputError
+
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"--chat-template {path}: cannot read it ({exc})") from None
+
+
+@click.command()
+@click.option("--model", "-m", default=None, metavar="DIR|FILE.gguf|ORG/NAME",
+              help="Model (default: the embedded default model).")
+@click.option("--backend", "-b", default=None, help="Backend name (default: selected).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; any non-loopback address needs an API key.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--api-key", envvar="FERRUM_API_KEY", default=None, show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on every endpoint but /health.")
+@click.option("--served-model-name", default=None,
+              help="Model name clients use (default: the model directory's name).")
+@click.option("--chat-template", default=None, type=click.Path(dir_okay=False),
+              metavar="FILE", help="Jinja chat template replacing the model's.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for the backend.")
+@click.option("--max-model-len", type=click.IntRange(min=2), default=None)
+@click.option("--max-num-seqs", type=click.IntRange(min=1), default=None)
+@click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1 << 20,
+              show_default=True, help="Larger request bodies get a 413.")
+def serve(model: str | None, backend: str | None, host: str, port: int,
+          api_key: str | None, served_model_name: str | None, chat_template: str | None,
+          dtype: str, threads: int | None, max_model_len: int | None,
+          max_num_seqs: int | None, max_body_bytes: int) -> None:
+    """Serve the OpenAI API (/v1/models, /v1/completions, /v1/chat/completions,
+    /health, /metrics) over one continuously batching engine."""
+    if not api_key:
+        api_key = None
+    if api_key is None and not is_loopback(host):
+        raise click.UsageError(f"--host {host} is not a loopback address: set --api-key "
+                               "(or FERRUM_API_KEY) before exposing the server")
+    with _errors():
+        import uvicorn
+
+        from ferrum_core.engine import AsyncLLM
+        from ferrum_core.server import ServerSettings, create_app
+
+        template = _read_template(chat_template) if chat_template else None
+        config: dict[str, Any] = {"dtype": dtype}
+        for key, value in (("threads", threads), ("max_model_len", max_model_len),
+                           ("max_num_seqs", max_num_seqs)):
+            if value is not None:
+                config[key] = value
+        engine = AsyncLLM(model, backend, **config)
+        if template is not None:
+            engine.llm.tokenizer.chat_template = template
+        names = [served_model_name or Path(engine.llm.model_path).name]
+        if model is not None and model not in names:
+            names.append(model)
+        settings = ServerSettings(served_model_names=tuple(names), api_key=api_key,
+                                  max_body_bytes=max_body_bytes)
+        app = create_app(engine, settings)
+        print(f"ferrum serve: {names[0]} on {engine.llm.backend} ({engine.llm.dtype.value}) at"
+              f" http://{host}:{port}/v1", file=sys.stderr, flush=True)
+        try:
+            uvicorn.run(app, host=host, port=port, log_level=os.environ.get(
+                "FERRUM_SERVE_LOG_LEVEL", "warning"), timeout_graceful_shutdown=5)
+        finally:
+            engine.close()
