@@ -15,6 +15,7 @@ from ferrum_core.version import __version__
 if TYPE_CHECKING:
     from ferrum_core.engine import (
         LLM,
+        AsyncLLM,
         CompletionOutput,
         LoRARequest,
         RequestOutput,
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LLM",
+    "AsyncLLM",
     "CompletionOutput",
     "FerrumError",
     "LoRARequest",
@@ -31,7 +33,7 @@ __all__ = [
     "__version__",
 ]
 
-_ENGINE_NAMES = frozenset({"LLM", "SamplingParams", "RequestOutput", "CompletionOutput",
+_ENGINE_NAMES = frozenset({"LLM", "AsyncLLM", "SamplingParams", "RequestOutput", "CompletionOutput",
                            "LoRARequest"})
 
 

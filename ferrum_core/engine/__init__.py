@@ -10,12 +10,14 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ferrum_core.engine.async_llm import AsyncLLM
     from ferrum_core.engine.config import EngineConfig
     from ferrum_core.engine.engine import LLMEngine
     from ferrum_core.engine.llm import LLM
     from ferrum_core.engine.lora import LoRARequest
     from ferrum_core.engine.outputs import (
         CompletionOutput,
+        EngineStats,
         RequestMetrics,
         RequestOutput,
         StreamDelta,
@@ -24,8 +26,10 @@ if TYPE_CHECKING:
     from ferrum_core.engine.speculative import SpeculativePair
 
 __all__ = [
+    "AsyncLLM",
     "CompletionOutput",
     "EngineConfig",
+    "EngineStats",
     "LLM",
     "LLMEngine",
     "LoRARequest",
@@ -37,8 +41,10 @@ __all__ = [
 ]
 
 _HOME = {
+    "AsyncLLM": "async_llm",
     "CompletionOutput": "outputs",
     "EngineConfig": "config",
+    "EngineStats": "outputs",
     "LLM": "llm",
     "LLMEngine": "engine",
     "LoRARequest": "lora",

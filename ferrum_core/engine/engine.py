@@ -15,7 +15,8 @@ from typing import Any
 
 from ferrum_core.engine.config import EngineConfig
 from ferrum_core.engine.lora import LoRARequest
-from ferrum_core.engine.outputs import RequestOutput, StreamDelta
+from ferrum_core.engine.outputs import EngineStats, RequestOutput, StreamDelta
+from ferrum_core.engine.parallel import child_keys, merge_outputs
 from ferrum_core.engine.prompts import token_ids_of
 from ferrum_core.engine.request import Request
 from ferrum_core.engine.runner import ExecutorRunner, Work
@@ -82,9 +83,13 @@ class LLMEngine:
         self.vocab_size = info.vocab_size
         limits = [info.max_sequence_length, executor.kv_capacity(), self.config.max_model_len]
         self.max_model_len = min(v for v in limits if v is not None)
-        self._requests: dict[str, Request] = {}
+        self._requests: dict[str, Request] = {}  # by internal id (one per completion)
+        self._groups: dict[str, tuple[str, ...]] = {}  # caller's id -> internal ids
         self._aborted: list[Request] = []
         self.num_preemptions = 0
+        self.max_num_running = 0  # the largest batch of running sequences seen
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
 
     # --- requests -------------------------------------------------------------------
     def add_request(
@@ -105,17 +110,21 @@ class LLMEngine:
         self._check_prompt(ids)
         self._check_stop_ids(params.stop_token_ids)
         request_id = request_id if request_id is not None else f"req-{next(_ids)}"
-        if request_id in self._requests:
+        keys = child_keys(request_id, params.n)
+        if request_id in self._groups or any(k in self._requests for k in keys):
             raise InvalidInputError(f"duplicate request id {request_id!r}")
         if lora_request is not None and not self.capabilities.supports_lora:
             raise UnsupportedError("this backend's executor does not support LoRA adapters")
-        request = Request.create(
-            request_id, ids, params, prompt=prompt, lora_request=lora_request,
-            decoder=self._detokenizer(), eos_token_ids=self.eos_token_ids,
-            max_model_len=self.max_model_len,
-        )
-        self._requests[request_id] = request
-        self.scheduler.add(request.seq)
+        for index, key in enumerate(keys):
+            request = Request.create(
+                key, ids, params, prompt=prompt, lora_request=lora_request,
+                decoder=self._detokenizer(), eos_token_ids=self.eos_token_ids,
+                max_model_len=self.max_model_len, public_id=request_id, index=index,
+            )
+            self._requests[key] = request
+            self.scheduler.add(request.seq)
+        self._groups[request_id] = keys
+        self.prompt_tokens_total += len(ids)
         return request_id
 
     def _check_prompt(self, ids: tuple[int, ...]) -> None:
@@ -147,38 +156,42 @@ class LLMEngine:
             )
 
     def abort_request(self, request_id: str) -> None:
-        request = self._requests.get(request_id)
-        if request is None or request.finished:
+        """Abort every completion of a request (a no-op once finished or unknown)."""
+        for key in self._groups.get(request_id, ()):
+            self._abort(self._requests[key])
+
+    def _abort(self, request: Request) -> None:
+        if request.finished:
             return
-        self.scheduler.remove(request_id)
+        self.scheduler.remove(request.request_id)
         request.finish(FinishReason.ABORT)
-        self._release(request_id)
+        self._release(request.request_id)
         self._aborted.append(request)
 
     def is_finished(self, request_id: str) -> bool:
-        """Whether the request has finished (its output awaits `pop_output`)."""
-        request = self._requests.get(request_id)
-        if request is None:
+        """Whether every completion of the request has finished (see `pop_output`)."""
+        keys = self._groups.get(request_id)
+        if keys is None:
             raise InvalidInputError(f"unknown request id {request_id!r}")
-        return request.finished
+        return all(self._requests[k].finished for k in keys)
 
     def has_request(self, request_id: str) -> bool:
         """Whether the engine holds the request (running, or finished but not popped)."""
-        return request_id in self._requests
+        return request_id in self._groups
 
     def unfinished_request_ids(self) -> list[str]:
-        return [rid for rid, request in self._requests.items() if not request.finished]
+        return [rid for rid, keys in self._groups.items()
+                if not all(self._requests[k].finished for k in keys)]
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished or bool(self._aborted)
 
     def pop_output(self, request_id: str) -> RequestOutput:
         """The final output of a finished request (and forget it)."""
-        request = self._requests[request_id]
-        if not request.finished:
+        if not self.is_finished(request_id):
             raise InvalidInputError(f"request {request_id!r} has not finished")
-        del self._requests[request_id]
-        return request.output()
+        keys = self._groups.pop(request_id)
+        return merge_outputs([self._requests.pop(k).output() for k in keys])
 
     # --- one step -------------------------------------------------------------------
     def step(self) -> list[StreamDelta]:
@@ -187,6 +200,7 @@ class LLMEngine:
         self._aborted = []
         pool = self._pool_view() if self.scheduler.waiting else None
         chunks = self.scheduler.schedule(pool)
+        self.max_num_running = max(self.max_num_running, len(self.scheduler.running))
         now = time.perf_counter()
         for chunk in chunks:
             self._requests[chunk.seq.request_id].mark_scheduled(now)
@@ -208,7 +222,9 @@ class LLMEngine:
         for request in touched:
             if request.request_id not in seen:
                 seen.add(request.request_id)
-                deltas.append(request.take_delta())
+                delta = request.take_delta()
+                self.generation_tokens_total += len(delta.token_ids)
+                deltas.append(delta)
         return deltas
 
     def _run_plain(self, chunks: list[ScheduledChunk], touched: list[Request]) -> bool:
@@ -241,7 +257,7 @@ class LLMEngine:
                 raise KvPoolExhaustedError("KV pool exhausted with no running request")
             request = self._requests[lone.request_id]
             if not lone.output_token_ids:
-                self.abort_request(lone.request_id)
+                self._abort(request)
                 raise KvPoolExhaustedError(
                     f"request {lone.request_id}: {lone.num_tokens} tokens do not fit in the KV pool"
                 )
@@ -278,7 +294,20 @@ class LLMEngine:
             )
         return out
 
+    def load(self) -> EngineStats:
+        """Running and waiting sequences (one per completion), the KV pool, token totals."""
+        snapshot = self.runner.executor.cache_metrics_snapshot() or {}
+        total, free = snapshot.get("kv_blocks_total"), snapshot.get("kv_blocks_free")
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_blocks_total=total if isinstance(total, int) else None,
+            kv_blocks_free=free if isinstance(free, int) else None,
+            prompt_tokens_total=self.prompt_tokens_total,
+            generation_tokens_total=self.generation_tokens_total,
+        )
+
     def shutdown(self) -> None:
-        for request_id in list(self._requests):
+        for request_id in list(self._groups):
             self.abort_request(request_id)
         self._aborted.clear()

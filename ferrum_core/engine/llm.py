@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tqdm import tqdm
 
@@ -30,7 +30,18 @@ from ferrum_core.models.tokenizer import utf8_text
 from ferrum_core.protocol import ModelExecutor
 from ferrum_core.registry import ExecutorRegistry
 
-__all__ = ["LLM"]
+__all__ = ["LLM", "DeltaSink"]
+
+
+class DeltaSink(Protocol):
+    """Where a request's deltas go when another thread consumes them (`AsyncLLM`).
+
+    Called from whichever thread steps the engine, with the lock held: must not block.
+    """
+
+    def deliver(self, delta: StreamDelta) -> None: ...
+
+    def fail(self, error: BaseException) -> None: ...
 
 
 class LLM:
@@ -103,6 +114,7 @@ class LLM:
             )
             self.generation_defaults = loaded.generation
             self._streams: dict[str, deque[StreamDelta]] = {}
+            self._sinks: dict[str, DeltaSink] = {}
             self._failed: dict[str, BaseException] = {}
             self._lock = threading.RLock()
             bar.update()
@@ -116,21 +128,39 @@ class LLM:
         )
         return self.tokenizer.encode(text, add_special_tokens=False)
 
+    def _encode(self, prompt: PromptInput) -> tuple[tuple[int, ...], str | None]:
+        """The prompt's token ids and text (no lock needed)."""
+        if isinstance(prompt, str):
+            return tuple(self.tokenizer.encode(utf8_text(prompt, "prompt"))), prompt
+        if not isinstance(prompt, Mapping):
+            raise InvalidInputError(
+                f"a prompt must be a str or a dict with prompt_token_ids,"
+                f" got {type(prompt).__name__}"
+            )
+        ids = token_ids_of(prompt.get("prompt_token_ids"))
+        given = prompt.get("prompt")
+        return ids, given if isinstance(given, str) else None
+
     def _add(self, prompt: PromptInput, params: SamplingParams, lora: LoRARequest | None,
              *, streamed: bool = False) -> str:
         """Tokenise (no lock needed), then add the request (and its stream queue, in the
         same locked section, so that no delta is produced before the queue exists)."""
-        text: str | None = None
-        if isinstance(prompt, str):
-            ids, text = tuple(self.tokenizer.encode(utf8_text(prompt, "prompt"))), prompt
-        else:
-            ids = token_ids_of(prompt.get("prompt_token_ids"))
-            given = prompt.get("prompt")
-            text = given if isinstance(given, str) else None
+        ids, text = self._encode(prompt)
         with self._lock:
             request_id = self.engine.add_request(ids, params, prompt=text, lora_request=lora)
             if streamed:
                 self._streams[request_id] = deque()
+            return request_id
+
+    def _add_with_sink(self, ids: tuple[int, ...], text: str | None, params: SamplingParams,
+                       lora: LoRARequest | None, request_id: str | None,
+                       sink: DeltaSink) -> str:
+        """Add an encoded request whose deltas and failure go to ``sink`` (lock held
+        or taken here); errors adding it are raised, not sent to the sink."""
+        with self._lock:
+            request_id = self.engine.add_request(ids, params, prompt=text, lora_request=lora,
+                                                 request_id=request_id)
+            self._sinks[request_id] = sink
             return request_id
 
     # --- generation -----------------------------------------------------------------
@@ -168,21 +198,34 @@ class LLM:
                     self._forget(request_id)
             raise
 
-    def _step(self) -> None:
+    def _step(self, stepped: Callable[[], None] | None = None) -> None:
         """One engine step (lock held); deltas of open streams are queued for their
-        generators. A failed step aborts every request in flight, each owner raises."""
+        generators. A failed step aborts every request in flight, each owner raises.
+        ``stepped`` runs after the step, before any delta or failure is handed out."""
         in_flight = self.engine.unfinished_request_ids()
         try:
             deltas = self.engine.step()
         except Exception as exc:
+            if stepped is not None:
+                stepped()
             for request_id in in_flight:
-                self._failed[request_id] = exc
+                sink = self._sinks.get(request_id)
+                if sink is not None:
+                    sink.fail(exc)
+                else:
+                    self._failed[request_id] = exc
                 self.engine.abort_request(request_id)
             return
+        if stepped is not None:
+            stepped()
         for delta in deltas:
             queue = self._streams.get(delta.request_id)
             if queue is not None:
                 queue.append(delta)
+                continue
+            target = self._sinks.get(delta.request_id)
+            if target is not None:
+                target.deliver(delta)
 
     def _raise_failure(self, request_ids: Sequence[str]) -> None:
         for request_id in request_ids:
@@ -194,6 +237,7 @@ class LLM:
         """Abort and drop a request (lock held), whatever state it is in."""
         self._failed.pop(request_id, None)
         self._streams.pop(request_id, None)
+        self._sinks.pop(request_id, None)
         self.engine.abort_request(request_id)  # no-op once finished
         if self.engine.has_request(request_id):
             self.engine.pop_output(request_id)
@@ -223,12 +267,16 @@ class LLM:
         params: SamplingParams | None = None,
         lora_request: LoRARequest | None = None,
     ) -> Iterator[StreamDelta]:
-        """Yield text deltas as tokens arrive; closing the generator aborts the request."""
-        request_id = self._add(prompt, params or SamplingParams(), lora_request, streamed=True)
+        """Yield text deltas as tokens arrive; closing the generator aborts the request.
+
+        With ``params.n > 1`` the deltas of the ``n`` completions interleave, each
+        with its ``index``; the stream ends when all ``n`` have finished."""
+        params = params or SamplingParams()
+        request_id = self._add(prompt, params, lora_request, streamed=True)
         queue = self._streams[request_id]
-        finished = False
+        unfinished = params.n
         try:
-            while not finished:
+            while unfinished:
                 with self._lock:
                     self._raise_failure([request_id])
                     if not queue:
@@ -236,6 +284,7 @@ class LLM:
                         continue
                     delta = queue.popleft()
                 finished = delta.finish_reason is not None
+                unfinished -= finished
                 if delta.text or delta.token_ids or finished:
                     yield delta  # no lock is held while the caller has the delta
         finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RequestMetrics", "CompletionOutput", "RequestOutput", "StreamDelta"]
+__all__ = ["RequestMetrics", "CompletionOutput", "RequestOutput", "StreamDelta", "EngineStats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +97,33 @@ class RequestOutput:
 
 @dataclass(frozen=True, slots=True)
 class StreamDelta:
-    """New text and tokens of one request since its previous delta."""
+    """New text and tokens of one request since its previous delta.
+
+    ``index`` says which of the request's ``n`` completions moved (0 when ``n == 1``).
+    """
 
     request_id: str
     text: str
     token_ids: tuple[int, ...]
     finish_reason: str | None = None
     logprobs: tuple[dict[int, float], ...] | None = None
+    index: int = 0
 
     def __str__(self) -> str:
         return self.text
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """A snapshot of the engine's load (``AsyncLLM.stats()``, the server's metrics).
+
+    ``kv_blocks_*`` are ``None`` where the backend has no paged KV pool; the token
+    totals count since the engine started (prompt tokens once per request).
+    """
+
+    num_running: int
+    num_waiting: int
+    kv_blocks_total: int | None
+    kv_blocks_free: int | None
+    prompt_tokens_total: int
+    generation_tokens_total: int

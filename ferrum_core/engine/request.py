@@ -1,4 +1,9 @@
-"""One request inside the engine: its sequence, sampler, text, timings and outputs."""
+"""One request inside the engine: its sequence, sampler, text, timings and outputs.
+
+A request with ``n > 1`` runs as ``n`` of these: each has its own internal id
+(``seq.request_id``, the executor's key) and reports under the caller's
+``public_id`` with its ``index``.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +36,8 @@ class Request:
     text: OutputText
     stop_token_ids: frozenset[int]
     max_model_len: int
+    public_id: str = ""
+    index: int = 0
     arrival_time: float = field(default_factory=time.perf_counter)
     logprobs: list[dict[int, float]] | None = None
     first_scheduled_time: float | None = None
@@ -53,6 +60,8 @@ class Request:
         decoder: TokenTextDecoder,
         eos_token_ids: frozenset[int],
         max_model_len: int,
+        public_id: str | None = None,
+        index: int = 0,
     ) -> Request:
         stops = frozenset(params.stop_token_ids)
         if not params.ignore_eos:
@@ -68,11 +77,13 @@ class Request:
             seq=seq,
             prompt=prompt,
             params=params,
-            sampler=SamplerState.create(params, prompt_token_ids),
+            sampler=SamplerState.create(params, prompt_token_ids, index),
             text=OutputText(decoder, params.stop),
             stop_token_ids=stops,
             max_model_len=max_model_len,
             logprobs=[] if params.logprobs is not None else None,
+            public_id=request_id if public_id is None else public_id,
+            index=index,
         )
 
     @property
@@ -128,7 +139,8 @@ class Request:
         self._delivered_tokens = len(tokens)
         reason = self.seq.finish_reason
         return StreamDelta(
-            request_id=self.request_id,
+            request_id=self.public_id,
+            index=self.index,
             text=self.text.take_delta(final=self.finished),
             token_ids=new,
             finish_reason=None if reason is None else reason.value,
@@ -156,9 +168,10 @@ class Request:
             token_ids=tuple(self.seq.output_token_ids),
             finish_reason=None if reason is None else reason.value,
             logprobs=None if self.logprobs is None else tuple(self.logprobs),
+            index=self.index,
         )
         return RequestOutput(
-            request_id=self.request_id,
+            request_id=self.public_id,
             prompt=self.prompt,
             prompt_token_ids=self.seq.prompt_token_ids,
             outputs=(completion,),

@@ -1,5 +1,9 @@
 """Turn one logits row into one token: penalties, temperature, top-k/p, min-p, seeded draws.
 
+Penalties apply in vLLM's order: the repetition penalty (prompt and output tokens),
+then OpenAI's presence and frequency penalties (generated tokens only), then the
+temperature and the filters.
+
 The only engine module that touches arrays (numpy). Every random choice draws
 exactly one number from the request's own generator, so a seed fixes the output
 whatever else shares the batch, and speculative decoding (which samples the same
@@ -15,7 +19,7 @@ import numpy as np
 
 from ferrum_core.engine.sampling_params import SamplingParams
 
-__all__ = ["SampledToken", "SamplerState", "sample_token", "log_softmax"]
+__all__ = ["SampledToken", "SamplerState", "sample_token", "log_softmax", "child_seed"]
 
 _TOP_P_PROBE = 256  # candidates checked before falling back to a full-vocabulary sort
 
@@ -29,21 +33,36 @@ class SampledToken:
 
 @dataclass(slots=True)
 class SamplerState:
-    """Per-request sampling state: its generator and the tokens seen so far."""
+    """Per-request sampling state: its generator, the tokens seen so far (prompt and
+    output, for the repetition penalty) and the generated tokens' counts."""
 
     params: SamplingParams
     rng: np.random.Generator
     seen: set[int] = field(default_factory=set)
+    counts: dict[int, int] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, params: SamplingParams, prompt_token_ids: Iterable[int]) -> SamplerState:
-        rng = np.random.default_rng(params.seed)
+    def create(cls, params: SamplingParams, prompt_token_ids: Iterable[int],
+               index: int = 0) -> SamplerState:
+        """``index``: which of the ``n`` completions this state samples; completion 0
+        uses ``seed`` itself (as ``n == 1`` does), completion ``i`` a seed derived
+        from ``(seed, i)``."""
+        rng = np.random.default_rng(child_seed(params.seed, index))
         seen = set(prompt_token_ids) if params.uses_penalty else set()
         return cls(params=params, rng=rng, seen=seen)
 
     def observe(self, token_id: int) -> None:
         if self.params.uses_penalty:
             self.seen.add(token_id)
+        if self.params.uses_count_penalty:
+            self.counts[token_id] = self.counts.get(token_id, 0) + 1
+
+
+def child_seed(seed: int | None, index: int) -> int | list[int] | None:
+    """The generator seed of completion ``index``: distinct per index, reproducible."""
+    if seed is None or index == 0:
+        return seed
+    return [seed, index]
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -57,6 +76,8 @@ def sample_token(logits: np.ndarray, state: SamplerState) -> SampledToken:
     params = state.params
     row = np.asarray(logits, dtype=np.float32).reshape(-1)
     scores = _apply_repetition_penalty(row, state) if params.uses_penalty else row
+    if params.uses_count_penalty and state.counts:
+        scores = _apply_count_penalties(scores, state)
     token = int(np.argmax(scores)) if params.greedy else _draw(scores, params, state.rng)
     state.observe(token)
     if params.logprobs is None:
@@ -74,6 +95,18 @@ def _apply_repetition_penalty(row: np.ndarray, state: SamplerState) -> np.ndarra
     picked = scores[ids]
     penalty = np.float32(state.params.repetition_penalty)
     scores[ids] = np.where(picked > 0, picked / penalty, picked * penalty)
+    return scores
+
+
+def _apply_count_penalties(row: np.ndarray, state: SamplerState) -> np.ndarray:
+    # OpenAI: logit[t] -= presence * (count[t] > 0) + frequency * count[t]
+    scores = row.copy()
+    ids = np.fromiter(state.counts.keys(), dtype=np.int64, count=len(state.counts))
+    counts = np.fromiter(state.counts.values(), dtype=np.float32, count=len(state.counts))
+    inside = ids < scores.shape[0]
+    params = state.params
+    scores[ids[inside]] -= (np.float32(params.presence_penalty)
+                            + np.float32(params.frequency_penalty) * counts[inside])
     return scores
 
 
