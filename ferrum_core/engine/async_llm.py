@@ -19,6 +19,7 @@ from ferrum_core.engine.engine_loop import EngineLoop
 from ferrum_core.engine.llm import LLM
 from ferrum_core.engine.lora import LoRARequest
 from ferrum_core.engine.outputs import EngineStats, StreamDelta
+from ferrum_core.engine.prompt_ids import encode_prompt
 from ferrum_core.engine.prompts import PromptInput
 from ferrum_core.engine.sampling_params import SamplingParams
 from ferrum_core.errors import ExecutorStateError, InvalidInputError
@@ -99,7 +100,7 @@ class AsyncLLM:
                 f"lora_request must be a LoRARequest, got {type(lora_request).__name__}"
             )
         self._check_open()
-        ids, text = self.llm._encode(prompt)
+        ids, text = encode_prompt(self.llm.tokenizer, prompt)
         rid = request_id if request_id is not None else f"areq-{next(_ids)}"
         sink = _QueueSink(asyncio.get_running_loop())
         llm = self.llm

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ferrum_core.engine.admission import check_prompt, check_stop_ids
 from ferrum_core.engine.config import EngineConfig
 from ferrum_core.engine.lora import LoRARequest
 from ferrum_core.engine.outputs import EngineStats, RequestOutput, StreamDelta
@@ -26,14 +27,12 @@ from ferrum_core.engine.scheduler import (
     ScheduledChunk,
     Scheduler,
     SchedulerConfig,
-    blocks_for,
 )
 from ferrum_core.engine.sequence import FinishReason
 from ferrum_core.engine.spec_step import SpeculativeStepper
 from ferrum_core.engine.speculative import SpeculativePair
 from ferrum_core.engine.streaming import TokenTextDecoder
 from ferrum_core.errors import (
-    CapacityError,
     InvalidInputError,
     KvPoolExhaustedError,
     UnsupportedError,
@@ -107,8 +106,8 @@ class LLMEngine:
                 f"sampling params must be a SamplingParams, got {type(params).__name__}"
             )
         ids = token_ids_of(prompt_token_ids)
-        self._check_prompt(ids)
-        self._check_stop_ids(params.stop_token_ids)
+        check_prompt(ids, self.vocab_size, self.max_model_len, self._pool_view())
+        check_stop_ids(params.stop_token_ids, self.vocab_size)
         request_id = request_id if request_id is not None else f"req-{next(_ids)}"
         keys = child_keys(request_id, params.n)
         if request_id in self._groups or any(k in self._requests for k in keys):
@@ -126,34 +125,6 @@ class LLMEngine:
         self._groups[request_id] = keys
         self.prompt_tokens_total += len(ids)
         return request_id
-
-    def _check_prompt(self, ids: tuple[int, ...]) -> None:
-        if not ids:
-            raise InvalidInputError("empty prompt: at least one token is needed")
-        bad = [t for t in ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise InvalidInputError(
-                f"token id {bad[0]} is outside the vocabulary (size {self.vocab_size})"
-            )
-        if len(ids) >= self.max_model_len:
-            raise CapacityError(
-                f"prompt of {len(ids)} tokens leaves no room to generate"
-                f" (max_model_len {self.max_model_len})"
-            )
-        pool = self._pool_view()
-        if pool is not None and blocks_for(len(ids) + 1, pool.block_size) > pool.total_blocks:
-            raise CapacityError(
-                f"prompt of {len(ids)} tokens needs more KV blocks than the pool has"
-                f" ({pool.total_blocks} of {pool.block_size} tokens)"
-            )
-
-    def _check_stop_ids(self, stop_token_ids: tuple[int, ...]) -> None:
-        bad = [t for t in stop_token_ids if t >= self.vocab_size]
-        if bad:
-            raise InvalidInputError(
-                f"stop_token_ids: {bad[0]} is outside the model's vocabulary"
-                f" (size {self.vocab_size})"
-            )
 
     def abort_request(self, request_id: str) -> None:
         """Abort every completion of a request (a no-op once finished or unknown)."""
@@ -178,6 +149,10 @@ class LLMEngine:
     def has_request(self, request_id: str) -> bool:
         """Whether the engine holds the request (running, or finished but not popped)."""
         return request_id in self._groups
+
+    def request_ids(self) -> list[str]:
+        """Every request the engine holds (running, or finished but not popped)."""
+        return list(self._groups)
 
     def unfinished_request_ids(self) -> list[str]:
         return [rid for rid, keys in self._groups.items()

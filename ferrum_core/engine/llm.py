@@ -7,7 +7,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from tqdm import tqdm
 
@@ -16,32 +16,21 @@ from ferrum_core.engine.engine import LLMEngine
 from ferrum_core.engine.lora import LoRARequest
 from ferrum_core.engine.model_loading import check_draft_tokenizer, choose_dtype, load_for
 from ferrum_core.engine.outputs import RequestOutput, StreamDelta
+from ferrum_core.engine.prompt_ids import encode_prompt
 from ferrum_core.engine.prompts import (
     Messages,
     PromptInput,
     batch_of,
     check_conversation,
     messages_batch,
-    token_ids_of,
 )
 from ferrum_core.engine.sampling_params import SamplingParams
+from ferrum_core.engine.sinks import DeltaSink
 from ferrum_core.errors import InvalidInputError
-from ferrum_core.models.tokenizer import utf8_text
 from ferrum_core.protocol import ModelExecutor
 from ferrum_core.registry import ExecutorRegistry
 
-__all__ = ["LLM", "DeltaSink"]
-
-
-class DeltaSink(Protocol):
-    """Where a request's deltas go when another thread consumes them (`AsyncLLM`).
-
-    Called from whichever thread steps the engine, with the lock held: must not block.
-    """
-
-    def deliver(self, delta: StreamDelta) -> None: ...
-
-    def fail(self, error: BaseException) -> None: ...
+__all__ = ["LLM"]
 
 
 class LLM:
@@ -128,24 +117,11 @@ class LLM:
         )
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def _encode(self, prompt: PromptInput) -> tuple[tuple[int, ...], str | None]:
-        """The prompt's token ids and text (no lock needed)."""
-        if isinstance(prompt, str):
-            return tuple(self.tokenizer.encode(utf8_text(prompt, "prompt"))), prompt
-        if not isinstance(prompt, Mapping):
-            raise InvalidInputError(
-                f"a prompt must be a str or a dict with prompt_token_ids,"
-                f" got {type(prompt).__name__}"
-            )
-        ids = token_ids_of(prompt.get("prompt_token_ids"))
-        given = prompt.get("prompt")
-        return ids, given if isinstance(given, str) else None
-
     def _add(self, prompt: PromptInput, params: SamplingParams, lora: LoRARequest | None,
              *, streamed: bool = False) -> str:
         """Tokenise (no lock needed), then add the request (and its stream queue, in the
         same locked section, so that no delta is produced before the queue exists)."""
-        ids, text = self._encode(prompt)
+        ids, text = encode_prompt(self.tokenizer, prompt)
         with self._lock:
             request_id = self.engine.add_request(ids, params, prompt=text, lora_request=lora)
             if streamed:

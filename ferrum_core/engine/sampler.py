@@ -19,7 +19,8 @@ import numpy as np
 
 from ferrum_core.engine.sampling_params import SamplingParams
 
-__all__ = ["SampledToken", "SamplerState", "sample_token", "log_softmax", "child_seed"]
+__all__ = ["SampledToken", "SamplerState", "sample_token", "log_softmax", "child_seed",
+           "penalized"]
 
 _TOP_P_PROBE = 256  # candidates checked before falling back to a full-vocabulary sort
 
@@ -75,14 +76,21 @@ def sample_token(logits: np.ndarray, state: SamplerState) -> SampledToken:
     """Pick the next token from a 1-D logits row (not modified)."""
     params = state.params
     row = np.asarray(logits, dtype=np.float32).reshape(-1)
-    scores = _apply_repetition_penalty(row, state) if params.uses_penalty else row
-    if params.uses_count_penalty and state.counts:
-        scores = _apply_count_penalties(scores, state)
+    scores = penalized(row, state)
     token = int(np.argmax(scores)) if params.greedy else _draw(scores, params, state.rng)
     state.observe(token)
     if params.logprobs is None:
         return SampledToken(token)
     return _with_logprobs(row, token, params.logprobs)
+
+
+def penalized(row: np.ndarray, state: SamplerState) -> np.ndarray:
+    """``row`` after the request's penalties (``row`` itself when none applies)."""
+    params = state.params
+    scores = _apply_repetition_penalty(row, state) if params.uses_penalty else row
+    if params.uses_count_penalty and state.counts:
+        scores = _apply_count_penalties(scores, state)
+    return scores
 
 
 def _apply_repetition_penalty(row: np.ndarray, state: SamplerState) -> np.ndarray:

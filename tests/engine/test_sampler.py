@@ -6,7 +6,13 @@ import math
 
 import numpy as np
 
-from ferrum_core.engine.sampler import SamplerState, log_softmax, sample_token
+from ferrum_core.engine.sampler import (
+    SamplerState,
+    child_seed,
+    log_softmax,
+    penalized,
+    sample_token,
+)
 from ferrum_core.engine.sampling_params import SamplingParams
 
 
@@ -95,3 +101,52 @@ def test_logprobs_add_the_sampled_token_when_outside_the_top() -> None:
     picked = sample_token(LOGITS, state)  # the penalty makes token 2 win
     assert picked.token_id == 2
     assert picked.top_logprobs is not None and set(picked.top_logprobs) == {1, 2}
+
+
+def test_presence_and_frequency_penalties_match_openais_formula() -> None:
+    params = SamplingParams(temperature=0, presence_penalty=0.5, frequency_penalty=0.25)
+    state = SamplerState.create(params, [3, 3, 4])  # prompt tokens never count
+    row = np.array([2.0, 1.0, 0.5, 0.0, -1.0], dtype=np.float32)
+    assert np.array_equal(penalized(row, state), row)
+    for token in (0, 0, 0, 2):
+        state.observe(token)
+    # logit[t] -= presence * (count[t] > 0) + frequency * count[t]
+    expected = row - np.array([0.5 + 0.25 * 3, 0.0, 0.5 + 0.25 * 1, 0.0, 0.0], dtype=np.float32)
+    np.testing.assert_allclose(penalized(row, state), expected, rtol=0, atol=1e-6)
+    assert np.array_equal(row, [2.0, 1.0, 0.5, 0.0, -1.0])  # the input row is untouched
+
+
+def test_negative_penalties_encourage_repeats_and_steer_greedy_choice() -> None:
+    row = np.array([1.0, 1.1, 0.0], dtype=np.float32)
+    state = SamplerState.create(SamplingParams(temperature=0, frequency_penalty=0.2), [0])
+    assert sample_token(row, state).token_id == 1  # the prompt's token 0 does not count
+    assert sample_token(row, state).token_id == 0  # 1.1 - 0.2 = 0.9 < 1.0
+    # both generated once: 0.8 vs 0.9 -> 1; then 0.8 vs 1.1 - 0.4 = 0.7 -> 0
+    assert [sample_token(row, state).token_id for _ in range(2)] == [1, 0]
+    keen = SamplerState.create(SamplingParams(temperature=0, presence_penalty=-2.0), [])
+    first = sample_token(np.array([1.0, 1.1, 0.0], dtype=np.float32), keen).token_id
+    assert first == 1
+    assert {sample_token(row, keen).token_id for _ in range(5)} == {1}
+
+
+def test_penalties_stack_after_the_repetition_penalty() -> None:
+    params = SamplingParams(temperature=0, repetition_penalty=2.0, presence_penalty=1.0)
+    state = SamplerState.create(params, [1])
+    state.observe(0)
+    row = np.array([3.0, 3.0, 0.0], dtype=np.float32)
+    # token 0: 3 / 2 - 1 = 0.5 (seen and generated); token 1: 3 / 2 (prompt only)
+    np.testing.assert_allclose(penalized(row, state), [0.5, 1.5, 0.0], atol=1e-6)
+
+
+def test_child_seeds_differ_per_index_and_repeat() -> None:
+    logits = np.random.default_rng(5).standard_normal(1000).astype(np.float32)
+
+    def run(seed: int | None, index: int) -> list[int]:
+        state = SamplerState.create(SamplingParams(seed=seed), [], index)
+        return [sample_token(logits, state).token_id for _ in range(20)]
+
+    plain = SamplerState.create(SamplingParams(seed=7), [])
+    assert run(7, 0) == [sample_token(logits, plain).token_id for _ in range(20)]
+    assert run(7, 1) == run(7, 1)
+    assert len({tuple(run(7, i)) for i in range(4)}) == 4
+    assert child_seed(7, 0) == 7 and child_seed(None, 3) is None

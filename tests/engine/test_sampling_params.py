@@ -48,3 +48,31 @@ def test_params_are_frozen() -> None:
     params = SamplingParams()
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
         params.temperature = 0.5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("n", 0),
+        ("n", 17),
+        ("n", 2.0),
+        ("n", True),
+        ("presence_penalty", 2.5),
+        ("presence_penalty", -2.01),
+        ("frequency_penalty", 3),
+        ("frequency_penalty", "0.1"),
+    ],
+)
+def test_bad_openai_fields_name_the_field(field: str, value: object) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        SamplingParams(**{field: value})
+    assert field in str(info.value)
+
+
+def test_openai_fields_defaults_and_bounds() -> None:
+    params = SamplingParams()
+    assert (params.n, params.presence_penalty, params.frequency_penalty) == (1, 0.0, 0.0)
+    assert not params.uses_count_penalty
+    edge = SamplingParams(n=16, presence_penalty=-2.0, frequency_penalty=2)
+    assert edge.n == 16 and edge.uses_count_penalty
+    assert SamplingParams(frequency_penalty=0.1).uses_count_penalty
