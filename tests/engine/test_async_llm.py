@@ -205,17 +205,34 @@ def test_sync_llm_keeps_working_beside_the_loop(async_llm: Any) -> None:
     assert results == [expected.token_ids] * 3
 
 
-def test_close_stops_the_thread_and_fails_open_iterators(make_llm: Callable[..., Any]) -> None:
+def test_close_stops_the_thread_and_fails_open_iterators(
+    make_llm: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
     engine = AsyncLLM.from_llm(make_llm())
     assert engine.is_ready
     thread = engine._loop._thread
-    params = SamplingParams(temperature=0.0, max_tokens=200, ignore_eos=True)
+    real_step = engine.llm.engine.step
+    gate = threading.Event()
+    calls = {"n": 0}
+
+    def gated_step() -> list[StreamDelta]:
+        calls["n"] += 1
+        if calls["n"] == 2:  # hold the second step until close() has begun
+            gate.wait()
+        return real_step()
+
+    monkeypatch.setattr(engine.llm.engine, "step", gated_step)
+    params = SamplingParams(temperature=0.0, max_tokens=50, ignore_eos=True)
 
     async def main() -> None:
         stream = engine.generate("Hello world", params)
         await stream.__anext__()
-        await engine.aclose()
-        with pytest.raises(ExecutorStateError):
+        closing = asyncio.create_task(engine.aclose())
+        while not engine._loop._stopping:
+            await asyncio.sleep(0.001)
+        gate.set()
+        await closing
+        with pytest.raises(ExecutorStateError, match="closed"):
             async for _ in stream:
                 pass
         with pytest.raises(ExecutorStateError, match="closed"):
