@@ -33,6 +33,15 @@ def _read_template(path: str) -> str:
         raise InvalidInputError(f"--chat-template {path}: cannot read it ({exc})") from None
 
 
+def _served_names(given: str | None, model: str | None, directory: str) -> tuple[str, ...]:
+    """The name clients send (first: the one /v1/models lists), then accepted aliases:
+    --served-model-name, else --model as given (vLLM's rule), else the default model's."""
+    from ferrum_core.models.default_model import DEFAULT_MODEL_FILE
+
+    default = DEFAULT_MODEL_FILE.split(".")[0] if model is None else model
+    return tuple(dict.fromkeys(name for name in (given, default, directory) if name))
+
+
 @click.command()
 @click.option("--model", "-m", default=None, metavar="DIR|FILE.gguf|ORG/NAME",
               help="Model (default: the embedded default model).")
@@ -43,7 +52,7 @@ def _read_template(path: str) -> str:
 @click.option("--api-key", envvar="FERRUM_API_KEY", default=None, show_envvar=True,
               help="Require 'Authorization: Bearer KEY' on every endpoint but /health.")
 @click.option("--served-model-name", default=None,
-              help="Model name clients use (default: the model directory's name).")
+              help="Model name clients use (default: --model as given).")
 @click.option("--chat-template", default=None, type=click.Path(dir_okay=False),
               metavar="FILE", help="Jinja chat template replacing the model's.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True)
@@ -79,10 +88,8 @@ def serve(model: str | None, backend: str | None, host: str, port: int,
         engine = AsyncLLM(model, backend, **config)
         if template is not None:
             engine.llm.tokenizer.chat_template = template
-        names = [served_model_name or Path(engine.llm.model_path).name]
-        if model is not None and model not in names:
-            names.append(model)
-        settings = ServerSettings(served_model_names=tuple(names), api_key=api_key,
+        names = _served_names(served_model_name, model, Path(engine.llm.model_path).name)
+        settings = ServerSettings(served_model_names=names, api_key=api_key,
                                   max_body_bytes=max_body_bytes)
         app = create_app(engine, settings)
         print(f"ferrum serve: {names[0]} on {engine.llm.backend} ({engine.llm.dtype.value}) at"

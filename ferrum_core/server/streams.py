@@ -74,6 +74,16 @@ async def merged(streams: list[AsyncIterator[StreamDelta]], metrics: ServerMetri
                  arrival: float) -> AsyncGenerator[tuple[int, StreamDelta], None]:
     """(prompt index, delta) from every stream as they come; leaving early (or being
     cancelled) closes every stream, which aborts its request."""
+    clocks = [_Clock(arrival) for _ in streams]
+    if len(streams) == 1:  # the common case: no task, no queue
+        try:
+            async for delta in streams[0]:
+                if metrics is not None and delta.token_ids:
+                    _observe(metrics, clocks[0], delta)
+                yield 0, delta
+        finally:
+            await _close(streams[0])
+        return
     queue: asyncio.Queue[tuple[int, StreamDelta | BaseException | None]] = asyncio.Queue()
 
     async def pump(i: int, stream: AsyncIterator[StreamDelta]) -> None:
@@ -88,7 +98,6 @@ async def merged(streams: list[AsyncIterator[StreamDelta]], metrics: ServerMetri
         finally:
             await _close(stream)
 
-    clocks = [_Clock(arrival) for _ in streams]
     tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
     try:
         remaining = len(tasks)

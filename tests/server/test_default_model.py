@@ -14,7 +14,9 @@ QUESTION = "What is the capital of France?"
 @pytest.mark.slow
 def test_chat_completion_answers_paris(default_server: Server) -> None:
     client: Any = default_server.client()
-    out = client.chat.completions.create(model="default", temperature=0, max_tokens=32,
+    # the default model's own name is accepted next to --served-model-name
+    out = client.chat.completions.create(model="SmolLM2-135M-Instruct", temperature=0,
+                                         max_tokens=32,
                                          messages=[{"role": "user", "content": QUESTION}])
     assert "Paris" in out.choices[0].message.content
     assert out.usage.completion_tokens > 0

@@ -107,6 +107,14 @@ def test_a_public_host_needs_a_key() -> None:
     assert "--api-key" in result.output
 
 
+def test_served_names() -> None:
+    from ferrum_core.cli.serve import _served_names
+
+    assert _served_names(None, None, "d") == ("SmolLM2-135M-Instruct", "d")
+    assert _served_names(None, "Org/Name", "d") == ("Org/Name", "d")
+    assert _served_names("mine", "/models/x", "x") == ("mine", "/models/x", "x")
+
+
 def test_list_backends_does_not_import_the_server() -> None:
     code = ("import sys; from ferrum_core.cli.main import main\n"
             "try:\n    main(['list-backends'])\nexcept SystemExit:\n    pass\n"
