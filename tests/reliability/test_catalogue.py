@@ -133,7 +133,7 @@ def _drain(engine: Any) -> None:
         engine.abort_request(request_id)
     while engine.has_unfinished_requests():
         engine.step()
-    for request_id in list(engine._requests):
+    for request_id in engine.request_ids():
         engine.pop_output(request_id)
 
 
