@@ -5,7 +5,7 @@ random token prompts of --prompt-len, generating exactly --output-len tokens (EO
 ignored, greedy). Prints output tokens/s and time to first token side by side, and the
 server/offline throughput ratio (target >= 0.9 at 16 clients).
 
-    .venv/bin/python bench/bench_server.py -n 16 [--model DIR] [--backend torch] [--json]
+    .venv/bin/python bench/bench_server.py -n 16 --repeat 3 [--model DIR] [--backend B] [--json]
 """
 
 from __future__ import annotations
@@ -109,6 +109,12 @@ def served(args: argparse.Namespace) -> dict[str, Any]:
         process.wait(timeout=60)
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median throughput (its TTFT figures come with it)."""
+    ordered = sorted(runs, key=lambda r: r["output_tokens_per_s"])
+    return ordered[len(ordered) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--num-clients", type=int, default=16)
@@ -121,21 +127,31 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=49152,
                         help="Prompt ids are drawn below this (the default model's vocab).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="Interleaved offline/server pairs; the median run of each counts.")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    engine = offline(args)
-    server = served(args)
+    offline_runs, server_runs = [], []
+    for _ in range(args.repeat):
+        offline_runs.append(offline(args))
+        server_runs.append(served(args))
+    engine, server = _median_run(offline_runs), _median_run(server_runs)
     ratio = server["output_tokens_per_s"] / engine["output_tokens_per_s"]
     if args.json:
-        print(json.dumps({"offline": engine, "server": server, "ratio": ratio}))
+        print(json.dumps({"offline": engine, "server": server, "ratio": ratio,
+                          "offline_runs": [r["output_tokens_per_s"] for r in offline_runs],
+                          "server_runs": [r["output_tokens_per_s"] for r in server_runs]}))
         return
     print(f"{args.num_clients} clients x ({args.prompt_len} -> {args.output_len}), "
-          f"{engine['backend']} / {engine['dtype']}")
+          f"{engine['backend']} / {engine['dtype']}, median of {args.repeat}")
     print(f"{'':24}{'ferrum bench':>14}{'ferrum serve':>14}")
     for label, key in (("output tok/s", "output_tokens_per_s"), ("TTFT mean s", "ttft_mean_s"),
                        ("TTFT p50 s", "ttft_p50_s"), ("TTFT p90 s", "ttft_p90_s"),
                        ("wall s", "wall_s")):
         print(f"{label:24}{engine[key]:>14.3f}{server[key]:>14.3f}")
+    runs = " / ".join(f"{a['output_tokens_per_s']:.0f}:{b['output_tokens_per_s']:.0f}"
+                      for a, b in zip(offline_runs, server_runs, strict=True))
+    print(f"runs (offline:server tok/s): {runs}")
     print(f"server / offline throughput: {ratio:.2f}x (target >= 0.90x)")
 
 
