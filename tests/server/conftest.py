@@ -17,6 +17,7 @@ import pytest
 from tests.tiny_models import build_tiny_model, require_torch_backend
 
 API_KEY = "test-key-123"
+CUSTOM_TEMPLATE = "{% for m in messages %}<<{{ m.content }}>>{% endfor %}"
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,11 @@ def tiny_server(tiny_model_dir: Path, serve_home: Path) -> Iterator[Server]:
 
 @pytest.fixture(scope="session")
 def keyed_server(tiny_model_dir: Path, serve_home: Path) -> Iterator[Server]:
-    yield from start_server(["--model", str(tiny_model_dir), "--backend", "torch"],
+    """An API key and a --chat-template file replacing the model's template."""
+    template = serve_home / "template.jinja"
+    template.write_text(CUSTOM_TEMPLATE, encoding="utf-8")
+    yield from start_server(["--model", str(tiny_model_dir), "--backend", "torch",
+                             "--chat-template", str(template)],
                             serve_home, model="tiny-keyed", model_dir=tiny_model_dir,
                             api_key=API_KEY)
 

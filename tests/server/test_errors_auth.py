@@ -73,7 +73,8 @@ def test_bodies_that_are_not_requests(tiny_server: Server) -> None:
 
 def test_unknown_fields_are_ignored_and_the_server_keeps_serving(tiny_server: Server) -> None:
     response = httpx.post(f"{tiny_server.v1}/completions",
-                          json={**OK, "some_future_field": {"x": 1}}, timeout=60)
+                          json={**OK, "some_future_field": {"x": 1}, "ignore_eos": True},
+                          timeout=60)
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["completion_tokens"] == 2
 
@@ -89,10 +90,26 @@ def test_the_api_key_guards_everything_but_health(keyed_server: Server) -> None:
             assert response.status_code == 401, (path, response.text)
             assert response.json()["error"]["type"] == "authentication_error"
     client: Any = keyed_server.client()
-    out = client.completions.create(model="tiny-keyed", prompt="hello", max_tokens=2)
+    out = client.completions.create(model="tiny-keyed", prompt="hello", max_tokens=2,
+                                    extra_body={"ignore_eos": True})  # sampled: EOS may come
     assert out.usage.completion_tokens == 2
     assert httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {API_KEY}"},
                      timeout=30).status_code == 200
+
+
+def test_the_chat_template_file_replaces_the_models(keyed_server: Server) -> None:
+    from ferrum_core.models.tokenizer import Tokenizer
+
+    assert keyed_server.model_dir is not None
+    tokenizer = Tokenizer.from_dir(keyed_server.model_dir)
+    client: Any = keyed_server.client()
+    out = client.chat.completions.create(model="tiny-keyed", max_tokens=1,
+                                         messages=[{"role": "user", "content": "quick fox"}])
+    expected = tokenizer.encode("<<quick fox>>", add_special_tokens=False)
+    assert out.usage.prompt_tokens == len(expected)
+    model_text = tokenizer.apply_chat_template([{"role": "user", "content": "quick fox"}],
+                                               add_generation_prompt=True)
+    assert len(tokenizer.encode(model_text, add_special_tokens=False)) != len(expected)
 
 
 def test_without_a_key_no_auth_is_asked(tiny_server: Server) -> None:
