@@ -17,13 +17,13 @@ from ferrum_core.errors import (
     UnknownBackendError,
 )
 from ferrum_core.hookspecs import RegisterBackend
-from ferrum_core.probing import PROBE_TIMEOUT_S, ProbeResult, one_line, run_probes
+from ferrum_core.probing import ProbeResult, one_line, run_probes
 from ferrum_core.protocol.capabilities import ExecutorCapabilities
 from ferrum_core.protocol.config import ExecutorConfig
 from ferrum_core.protocol.executor import ModelExecutor, ModelExecutorFactory
 
 __all__ = [
-    "PROBE_TIMEOUT_S", "ProbeResult", "BackendState", "BackendDescriptor", "BackendRecord",
+    "ProbeResult", "BackendState", "BackendDescriptor", "BackendRecord",
     "BackendRegistry", "RegisterBackend", "get_registry", "reset_registry", "get_backend",
     "create_executor", "one_line", "probe_records",
 ]

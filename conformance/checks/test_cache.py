@@ -9,10 +9,8 @@ import pytest
 
 from conformance.fixtures import UnifiedSupport
 from conformance.harness import Driver, ids, prompt, snapshot
+from ferrum_core.plugin import POOL_METRIC_KEYS as POOL_KEYS
 from ferrum_core.protocol import DecodeInput, ModelExecutor, PrefillInput
-
-POOL_KEYS = ("kv_blocks_total", "kv_blocks_free", "block_size", "prefix_cache_hits",
-             "prefix_cache_misses")
 
 
 def _usage(executor: ModelExecutor) -> dict[str, Any]:

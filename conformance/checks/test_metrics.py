@@ -7,6 +7,7 @@ import json
 import pytest
 
 from conformance.harness import Driver, prompt, snapshot
+from ferrum_core.plugin import POOL_METRIC_KEYS
 from ferrum_core.protocol import ExecutorMetrics
 
 
@@ -50,8 +51,7 @@ def test_cache_snapshot(driver: Driver) -> None:
     """JSON-serialisable; counters are non-negative integers; lock metrics follow schema 1."""
     snap = snapshot(driver.executor)
     json.dumps(snap)
-    for key in ("unified_native_calls", "unified_fallback_calls", "kv_blocks_total",
-                "kv_blocks_free", "block_size", "prefix_cache_hits", "prefix_cache_misses"):
+    for key in ("unified_native_calls", "unified_fallback_calls", *POOL_METRIC_KEYS):
         if key in snap:
             assert isinstance(snap[key], int) and snap[key] >= 0, f"{key} = {snap[key]!r}"
     lock = snap.get("executor_model_lock")

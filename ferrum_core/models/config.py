@@ -14,7 +14,7 @@ from typing import Any
 
 from ferrum_core.errors import ConfigError
 
-__all__ = ["RopeScaling", "ModelConfig", "read_json_object"]
+__all__ = ["RopeScaling", "ModelConfig", "int_tuple", "read_json_object"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,33 +67,41 @@ class ModelConfig:
         return parse_config(cls, data, max_model_len=max_model_len)
 
     @classmethod
-    def from_file(cls, path: str | Path, *, max_model_len: int | None = None) -> ModelConfig:
-        """Parse one ``config.json`` file."""
+    def from_file(
+        cls, path: str | Path, *, max_model_len: int | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> ModelConfig:
+        """Parse one ``config.json`` file (``data``: its object, already read)."""
         file = Path(path)
-        data = read_json_object(file)
+        if data is None:
+            data = read_json_object(file)
         try:
             return cls.from_dict(data, max_model_len=max_model_len)
         except ConfigError as exc:
             raise ConfigError(f"{file}: {exc}") from None
 
     @classmethod
-    def from_dir(cls, path: str | Path, *, max_model_len: int | None = None) -> ModelConfig:
-        """Parse ``config.json`` of a model directory.
+    def from_dir(
+        cls, path: str | Path, *, max_model_len: int | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> ModelConfig:
+        """Parse ``config.json`` of a model directory (``data``: its object, already read).
 
         EOS ids listed in ``generation_config.json`` are appended to the ones of
         ``config.json``: generation stops on either (as ``transformers`` does).
         """
         directory = Path(path)
-        config = cls.from_file(directory / "config.json", max_model_len=max_model_len)
+        config = cls.from_file(directory / "config.json", max_model_len=max_model_len, data=data)
         gen_file = directory / "generation_config.json"
         if not gen_file.is_file():
             return config
-        extra = _int_tuple(read_json_object(gen_file).get("eos_token_id"))
+        extra = int_tuple(read_json_object(gen_file).get("eos_token_id"))
         merged = tuple(dict.fromkeys(config.eos_token_ids + extra))
         return replace(config, eos_token_ids=merged)
 
 
-def _int_tuple(value: Any) -> tuple[int, ...]:
+def int_tuple(value: Any) -> tuple[int, ...]:
+    """The ints of a JSON value that is an int or a list (bools and the rest dropped)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return (value,)
     if isinstance(value, list):

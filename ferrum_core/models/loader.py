@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ferrum_core.errors import ModelLoadError, UnsupportedError
-from ferrum_core.models.config import ModelConfig, read_json_object
+from ferrum_core.models.config import ModelConfig, int_tuple, read_json_object
 from ferrum_core.models.config_parse import KNOWN_MODEL_TYPES, raw_model_type
 from ferrum_core.models.default_model import converted_gguf_dir, default_gguf_path
 from ferrum_core.models.generation import GenerationDefaults
@@ -120,9 +120,9 @@ def load_model(
         raise type(exc)(f"{directory / 'config.json'}: {exc}") from None
     check_model_type(model_type, model_types)
     config: ModelConfig | None = None
-    eos: tuple[int, ...] = _eos_ids(raw)
+    eos = tuple(i for i in int_tuple(raw.get("eos_token_id")) if i >= 0)
     if model_type in KNOWN_MODEL_TYPES:
-        config = ModelConfig.from_dir(directory, max_model_len=max_model_len)
+        config = ModelConfig.from_dir(directory, max_model_len=max_model_len, data=raw)
         eos = config.eos_token_ids
     weights = WeightSource.from_dir(directory, gguf=gguf)
     try:
@@ -136,8 +136,3 @@ def load_model(
     return LoadedModel(directory, config, weights, tokenizer, generation,
                        model_type=model_type, raw_config=raw, gguf=gguf)
 
-
-def _eos_ids(raw: dict[str, Any]) -> tuple[int, ...]:
-    value = raw.get("eos_token_id")
-    items = value if isinstance(value, list) else [value]
-    return tuple(v for v in items if isinstance(v, int) and not isinstance(v, bool) and v >= 0)
