@@ -21,10 +21,16 @@ from typing import Literal
 
 from filelock import FileLock
 
-from ferrum_core.cache_trust import make_temp_dir, remove_stale_temps, temp_name
+from ferrum_core.cache_trust import file_sha256, make_temp_dir, remove_stale_temps, temp_name
 from ferrum_core.errors import ModelLoadError
 
-__all__ = ["WRITE_MARKER", "ReplaceRefusedError", "ferrum_home", "write_dir_atomically"]
+__all__ = [
+    "WRITE_MARKER",
+    "ReplaceRefusedError",
+    "ferrum_home",
+    "recorded_hashes",
+    "write_dir_atomically",
+]
 
 WRITE_MARKER = ".ferrum-convert.json"
 
@@ -68,12 +74,31 @@ def written_here(path: Path) -> bool:
 
 
 def _seal(tmp: Path, marker: Mapping[str, str] | None) -> None:
-    """Write the marker; nothing in the directory writable by group or others."""
-    record = {"written_by": "ferrum", **(marker or {})}
-    (tmp / WRITE_MARKER).write_text(json.dumps(record, indent=1) + "\n")
+    """Nothing in the directory writable by group or others; then the marker, which
+    records every file's sha256 (``files``) so a reader can verify what it loads."""
     for path in (*tmp.rglob("*"), tmp):
         if not path.is_symlink():
             path.chmod((0o755 if path.is_dir() else path.stat().st_mode & 0o755) | 0o600)
+    files = {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*"))
+             if p.is_file() and not p.is_symlink()}
+    record = {"written_by": "ferrum", **(marker or {}), "files": files}
+    (tmp / WRITE_MARKER).write_text(json.dumps(record, indent=1) + "\n")
+    (tmp / WRITE_MARKER).chmod(0o644)
+
+
+def recorded_hashes(path: Path) -> dict[str, str] | None:
+    """``{relative path: sha256}`` the marker of a directory this module wrote records."""
+    marker = path / WRITE_MARKER
+    try:
+        record = json.loads(marker.read_text()) if not marker.is_symlink() else None
+    except (OSError, ValueError):
+        return None
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(files, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+    ):
+        return None
+    return dict(files)
 
 
 def write_dir_atomically(

@@ -18,7 +18,7 @@ from ferrum_core.cache_trust import (
     trust_problem,
 )
 from ferrum_core.errors import ModelLoadError
-from ferrum_core.models.cache import ferrum_home
+from ferrum_core.models.cache import ferrum_home, recorded_hashes
 from ferrum_core.models.gguf_import import CONVERTER_VERSION, convert_gguf
 
 __all__ = [
@@ -69,11 +69,24 @@ def gguf_cache_dir(gguf: Path) -> Path:
 
 def _distrust(target: Path) -> str | None:
     """Why a converted directory must be rebuilt: it, or a file in it, is not
-    this user's or is writable by others."""
+    this user's or is writable by others, or a file's content is not the one the
+    conversion recorded (hashed once per file state, remembered in ``hashes/``)."""
     problem = trust_problem(target, directory=True)
     for entry in () if problem else sorted(target.iterdir()):
         problem = problem or trust_problem(entry, directory=entry.is_dir())
-    return problem
+    if problem:
+        return problem
+    hashes = recorded_hashes(target)
+    if hashes is None:
+        return f"{target} records no content hashes"
+    memo = ferrum_home() / "hashes"
+    for name, digest in sorted(hashes.items()):
+        file = target / name
+        if not file.is_file():
+            return f"{file} is missing"
+        if remembered_sha256(file, memo) != digest:
+            return f"{file} does not match the sha256 recorded when it was converted"
+    return None
 
 
 def _discard(target: Path) -> None:

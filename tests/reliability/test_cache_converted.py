@@ -76,6 +76,25 @@ def test_a_converted_model_not_ours_is_converted_again(
     load_model(first)
 
 
+def test_converted_weights_changed_in_place_are_converted_again(
+    home: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Right owner and mode, wrong bytes: the sha256 recorded at conversion catches it."""
+    _, gguf = build_tiny_llama_and_gguf(tmp_path)
+    first = converted_gguf_dir(gguf, progress=False)
+    weights = first / "model.safetensors"
+    original = weights.read_bytes()
+    with weights.open("r+b") as handle:  # same inode, owner and mode; one byte differs
+        handle.seek(len(original) - 1)
+        handle.write(bytes([original[-1] ^ 0xFF]))
+    capfd.readouterr()
+    assert converted_gguf_dir(gguf, progress=False) == first
+    err = capfd.readouterr().err
+    assert "does not match the sha256 recorded" in err and err.count("\n") == 1
+    assert weights.read_bytes() == original
+    assert converted_gguf_dir(gguf) == first and capfd.readouterr().err == ""
+
+
 _KILLED_WRITER = textwrap.dedent(
     """
     import sys, time
