@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +48,26 @@ class BackendDescriptor:
     plugin: str = ""  # entry-point name
     distribution: str = ""
     version: str = ""
+    details: Callable[[], object] | None = None
+
+    def describe_details(self) -> dict[str, object] | None:
+        """The backend's ``details()`` facts (None when it registered none).
+
+        A ``details`` that raises or returns something other than a JSON-able
+        dict yields ``{"error": "<one line>"}``: ``ferrum info`` never fails on it.
+        """
+        if self.details is None:
+            return None
+        try:
+            facts = self.details()
+            if not isinstance(facts, dict):
+                raise TypeError(f"details() returned {type(facts).__name__}, not a dict")
+            json.dumps(facts)
+        except FerrumError as exc:
+            return {"error": str(exc)}
+        except (Exception, SystemExit) as exc:
+            return {"error": f"{self.who()}: details() failed: {one_line(exc)}"}
+        return facts
 
     @property
     def source(self) -> str:

@@ -76,6 +76,7 @@ class RegisterBackend(Protocol):
         capabilities: ExecutorCapabilities | None = None,
         api_version: int = 1,
         description: str = "",
+        details: Callable[[], dict[str, object]] | None = None,
     ) -> None: ...
 
 
@@ -91,6 +92,8 @@ def ferrum_register_backends(register: RegisterBackend) -> None:
     ``ferrum.backends`` entry points; ``priority`` an int from 0 to 100;
     ``factory`` and ``probe`` callables taking no arguments (the probe returns a
     ``ProbeResult`` within ``ferrum_core.probing.PROBE_TIMEOUT_S`` seconds);
-    ``capabilities`` an ``ExecutorCapabilities`` or None. An invalid call fails
-    the plugin.
+    ``capabilities`` an ``ExecutorCapabilities`` or None; ``details`` None or a
+    callable taking no arguments that returns a JSON-able dict of backend facts
+    (``ferrum info NAME --json`` prints it under ``"details"``). An invalid call
+    fails the plugin.
     """

@@ -22,7 +22,12 @@ name in your distribution's metadata as an entry point of the
 ``mine = "my_pkg.plugin"``); names match ``^[a-z][a-z0-9_-]{0,31}$`` and
 :data:`RESERVED_BACKEND_NAMES` belong to Ferrum's own distributions; the
 priority is an int from :data:`MIN_PRIORITY` to :data:`MAX_PRIORITY`;
-``capabilities`` an :class:`ExecutorCapabilities` or ``None``. A name two
+``capabilities`` an :class:`ExecutorCapabilities` or ``None``; ``details``
+``None`` or a callable taking no arguments that returns a JSON-able ``dict``
+of facts about the backend on this machine (build state, ISA, library
+versions), called only by ``ferrum info NAME`` and printed under ``"details"``
+by ``--json`` (keep it cheap; one that raises or returns a non-dict shows as
+``{"error": ...}``, never a failed command). A name two
 distributions register is ``duplicate`` for both and neither is selected. The
 probe returns a :class:`ProbeResult` within :data:`PROBE_TIMEOUT_S` seconds
 (probes run in parallel threads; one that raises, lies or hangs leaves its

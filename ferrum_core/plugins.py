@@ -76,6 +76,7 @@ class Registration(BaseModel):
     priority: Annotated[int, Field(ge=hookspecs.MIN_PRIORITY, le=hookspecs.MAX_PRIORITY)]
     capabilities: ExecutorCapabilities | None = None
     description: str = ""
+    details: Callable[[], Any] | None = None
 
 
 class _Rejected(Exception):
@@ -239,6 +240,7 @@ class _Registrations:
                 priority=reg.priority, capabilities=reg.capabilities,
                 description=reg.description, plugin=record.entry_point,
                 distribution=record.distribution, version=record.version,
+                details=reg.details,
             )
         )
 

@@ -116,6 +116,52 @@ def test_info_json_and_unknown_backend(plugin_factory: PluginFactory) -> None:
     assert "unknown backend 'nope'" in missing.output and "Traceback" not in missing.output
 
 
+def test_info_prints_registered_details(plugin_factory: PluginFactory) -> None:
+    body = """
+    from ferrum_core.plugin import ProbeResult, hookimpl
+    FERRUM_API_VERSION = 1
+
+    def _details():
+        return {"isa": "avx2", "build_cached": False, "flags": ["-O3"]}
+
+    def _broken():
+        raise RuntimeError("no compiler here")
+
+    @hookimpl
+    def ferrum_register_backends(register):
+        ok = lambda: ProbeResult(True, "ok")
+        register("facty", factory=lambda: None, probe=ok, priority=3, details=_details)
+        register("brokeny", factory=lambda: None, probe=ok, priority=2, details=_broken)
+        register("plainy", factory=lambda: None, probe=ok, priority=1)
+    """
+    ep = plugin_factory.make("facty-dist", body, declares=["facty", "brokeny", "plainy"])
+    env = {"FERRUM_PLUGINS": ep}
+    data = json.loads(run("info", "facty", "--json", env=env).output)
+    assert data["details"] == {"isa": "avx2", "build_cached": False, "flags": ["-O3"]}
+    assert "  isa: avx2" in run("info", "facty", env=env).output
+    broken = run("info", "brokeny", "--json", env=env)
+    assert broken.exit_code == 0
+    error = json.loads(broken.output)["details"]["error"]
+    assert "brokeny" in error and "RuntimeError: no compiler here" in error
+    assert json.loads(run("info", "plainy", "--json", env=env).output)["details"] is None
+
+
+def test_register_rejects_a_details_that_is_not_callable(plugin_factory: PluginFactory) -> None:
+    body = """
+    from ferrum_core.plugin import ProbeResult, hookimpl
+    FERRUM_API_VERSION = 1
+
+    @hookimpl
+    def ferrum_register_backends(register):
+        register("bad", factory=lambda: None, probe=lambda: ProbeResult(True, "ok"),
+                 priority=3, details={"isa": "avx2"})
+    """
+    ep = plugin_factory.make("bad-dist", body, declares=["bad"])
+    data = json.loads(run("list-backends", "--json", env={"FERRUM_PLUGINS": ep}).output)
+    plugin = next(p for p in data["plugins"] if p["entry_point"] == ep)
+    assert plugin["state"] == "failed" and "details" in plugin["reason"]
+
+
 def test_usage_error_exits_2() -> None:
     assert CliRunner().invoke(cli, ["info"]).exit_code == 2
     assert CliRunner().invoke(cli, ["no-such-command"]).exit_code == 2

@@ -62,14 +62,16 @@ def info(backend: str, as_json: bool) -> None:
         "reason": record.reason,
         "priority": record.priority,
         "capabilities": None if d.capabilities is None else d.capabilities.model_dump(mode="json"),
+        "details": d.describe_details(),
     }
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
     for key in ("name", "distribution", "version", "state", "reason", "priority", "description"):
         click.echo(f"{key:>13}: {data[key]}")
-    caps = data["capabilities"]
-    if isinstance(caps, dict):
-        click.echo("capabilities:")
-        for key, value in caps.items():
-            click.echo(f"  {key}: {value}")
+    for section in ("capabilities", "details"):
+        facts = data[section]
+        if isinstance(facts, dict):
+            click.echo(f"{section}:")
+            for key, value in facts.items():
+                click.echo(f"  {key}: {value}")
