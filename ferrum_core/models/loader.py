@@ -13,6 +13,7 @@ from ferrum_core.models.config_parse import KNOWN_MODEL_TYPES, raw_model_type
 from ferrum_core.models.default_model import converted_gguf_dir, default_gguf_path
 from ferrum_core.models.generation import GenerationDefaults
 from ferrum_core.models.hub import hub_snapshot, looks_like_hub_id
+from ferrum_core.models.mlx_quant import MlxQuantization
 from ferrum_core.models.tokenizer import Tokenizer
 from ferrum_core.models.weights import WeightSource
 
@@ -124,7 +125,8 @@ def load_model(
     if model_type in KNOWN_MODEL_TYPES:
         config = ModelConfig.from_dir(directory, max_model_len=max_model_len, data=raw)
         eos = config.eos_token_ids
-    weights = WeightSource.from_dir(directory, gguf=gguf)
+    weights = WeightSource.from_dir(directory, gguf=gguf,
+                                    mlx_quant=MlxQuantization.from_config(raw))
     try:
         if config is not None:
             weights.validate(config)

@@ -35,6 +35,7 @@ _NUMPY_DTYPES: dict[str, Any] = {
     "I16": np.int16,
     "I8": np.int8,
     "U8": np.uint8,
+    "U32": np.uint32,  # MLX-quantised matrices (ferrum_core.models.mlx_quant)
     "BOOL": np.bool_,
 }
 _DTYPE_NAMES = {np.dtype(v): k for k, v in _NUMPY_DTYPES.items() if k != "BF16"}

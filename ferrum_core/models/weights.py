@@ -14,6 +14,12 @@ import numpy as np
 from ferrum_core.errors import ModelLoadError
 from ferrum_core.models.config import ModelConfig
 from ferrum_core.models.gguf_tensors import GgufTensors
+from ferrum_core.models.mlx_quant import (
+    MlxQuantization,
+    MlxQuantSpec,
+    MlxQuantTensor,
+    quantised_weights,
+)
 from ferrum_core.models.quant_blocks import StoredTensor
 from ferrum_core.models.safetensors_io import SafetensorsFile
 
@@ -87,6 +93,7 @@ class WeightSource:
         self._gguf: GgufTensors | None = None
         self._gguf_lock = threading.Lock()
         self._where: dict[str, SafetensorsFile] = {}
+        self._mlx: dict[str, MlxQuantSpec] = {}  # MLX-quantised weight names (attach_mlx_quant)
         for file in files:
             for name in file.entries:
                 if name in self._where:
@@ -97,17 +104,21 @@ class WeightSource:
 
     @classmethod
     def from_dir(
-        cls, path: str | Path, *, gguf: str | Path | GgufTensors | None = None
-    ) -> WeightSource:
+        cls, path: str | Path, *, gguf: str | Path | GgufTensors | None = None,
+        mlx_quant: MlxQuantization | None = None,
+    ) -> WeightSource:  # fmt: skip
         """The weights of a model directory; ``gguf``: the file it was converted
-        from, attached with :meth:`attach_gguf`."""
+        from, attached with :meth:`attach_gguf`; ``mlx_quant``: the ``quantization``
+        entry of an MLX folder (:meth:`attach_mlx_quant`)."""
         source = cls._open_dir(Path(path))
-        if gguf is not None:
-            try:
+        try:
+            if gguf is not None:
                 source.attach_gguf(gguf)
-            except BaseException:
-                source.close()
-                raise
+            if mlx_quant is not None:
+                source.attach_mlx_quant(mlx_quant)
+        except BaseException:
+            source.close()
+            raise
         return source
 
     @classmethod
@@ -161,18 +172,39 @@ class WeightSource:
         return file
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self._file(name).entries[name].shape
+        """The tensor's shape (an MLX-quantised matrix's logical ``(rows, cols)``)."""
+        shape = self._file(name).entries[name].shape
+        spec = self._mlx.get(name)
+        return shape if spec is None else (shape[0], shape[1] * 32 // spec.bits)
 
     def dtype(self, name: str) -> str:
-        """Stored dtype in safetensors spelling (``F32``, ``F16``, ``BF16``...)."""
-        return self._file(name).entries[name].dtype
+        """Stored dtype in safetensors spelling (``F32``, ``F16``, ``BF16``...), or
+        ``Q4_MLX``-style for an MLX-quantised matrix."""
+        spec = self._mlx.get(name)
+        return self._file(name).entries[name].dtype if spec is None else f"Q{spec.bits}_MLX"
 
     def file_of(self, name: str) -> Path:
         return self._file(name).path
 
     def get(self, name: str) -> np.ndarray:
-        """float32/float16 as stored (read-only, memory-mapped), bf16 upcast to float32."""
-        return self._file(name).get(name)
+        """float32/float16 as stored (read-only, memory-mapped), bf16 upcast to float32;
+        an MLX-quantised matrix dequantised to float32."""
+        quantised = self.mlx_quantized(name)
+        return self._file(name).get(name) if quantised is None else quantised.dequantize()
+
+    def attach_mlx_quant(self, quantization: MlxQuantization) -> None:
+        """Serve the MLX-quantised matrices of this folder (:func:`quantised_weights`):
+        :meth:`shape`, :meth:`get` are then logical, :meth:`mlx_quantized` as stored."""
+        self._mlx = quantised_weights(self._where.keys(), quantization, self.origin)
+
+    def mlx_quantized(self, name: str) -> MlxQuantTensor | None:
+        """``name`` as an MLX affine-quantised matrix, or ``None`` when it is not one."""
+        spec, module = self._mlx.get(name), name.removesuffix(".weight")
+        if spec is None:
+            return None
+        scales, biases = (self._file(f"{module}.{k}").get(f"{module}.{k}")
+                          for k in ("scales", "biases"))
+        return MlxQuantTensor.build(name, spec, self._file(name).get(name), scales, biases)
 
     # -- tensors as stored -------------------------------------------------
 
@@ -227,6 +259,9 @@ class WeightSource:
         tensors = self._gguf_tensors()
         if tensors is not None:
             return tensors.stored(name)
+        quantised = self.mlx_quantized(name)
+        if quantised is not None:
+            return quantised.stored()
         dtype = self.dtype(name)
         array = self.get(name)
         if dtype == "BF16":  # get() widened the bits; narrowing them back is exact
@@ -240,7 +275,9 @@ class WeightSource:
         if tensors is not None:
             return tensors.types(elements=elements)
         counts: dict[str, int] = {}
-        for name in self._where:
+        companions = {n.removesuffix(".weight") + s for n in self._mlx for s in (".scales",
+                                                                                ".biases")}
+        for name in self._where.keys() - companions:
             size = math.prod(self.shape(name)) if elements else 1
             counts[self.dtype(name)] = counts.get(self.dtype(name), 0) + size
         return counts
@@ -257,7 +294,7 @@ class WeightSource:
                     f"{self.file_of(name)}: tensor {name!r} has shape {list(got)}, "
                     f"the config needs {list(shape)}"
                 )
-            if self.dtype(name) not in _FLOAT_DTYPES:
+            if self.dtype(name) not in _FLOAT_DTYPES and name not in self._mlx:
                 raise ModelLoadError(
                     f"{self.file_of(name)}: tensor {name!r} has dtype {self.dtype(name)}, "
                     "expected a float type"

@@ -1,0 +1,120 @@
+"""`MlxExecutorFactory`: builds an `LlmExecutor` over `MlxDecoderLLM`.
+
+Importing this module is cheap; mlx and the model layer load in
+:meth:`MlxExecutorFactory.create_executor`. The device is chosen at load:
+Metal where MLX has it, else MLX's CPU device, through the same code path.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ferrum_core.errors import BackendUnavailableError, InvalidInputError, UnsupportedError
+from ferrum_core.plugin import ExecutorConfig, ExecutorType
+from ferrum_mlx.plugin import MODEL_TYPES, SUPPORTED_DTYPES, default_device
+
+if TYPE_CHECKING:
+    import mlx.core as mx
+
+    from ferrum_core.plugin import BatchModelExecutor, LlmExecutor, LoadedModel
+
+__all__ = ["MlxExecutorFactory"]
+
+GROUP_SIZES = (32, 64, 128)
+DEFAULT_GROUP_SIZE = 64
+_DEVICES = ("cpu", "metal")
+
+
+class MlxExecutorFactory:
+    """``executor_options``: ``group_size`` (32, 64 or 128: the MLX group of float
+    weights quantised for int4/int8, default 64, 32 where 64 does not divide a
+    width; stored quantisations keep their own), ``threads`` (accepted, unused:
+    MLX sizes its own CPU pool)."""
+
+    def supported_types(self) -> list[ExecutorType]:
+        return [ExecutorType.SEQUENTIAL, ExecutorType.BATCH, ExecutorType.CONTINUOUS_BATCH,
+                ExecutorType.SPECULATIVE]  # fmt: skip
+
+    def device_for(self, config: ExecutorConfig) -> str:
+        """``metal`` or ``cpu``: the configured device, else Metal where it can exist."""
+        if "device" not in config.model_fields_set:
+            return default_device()
+        return config.device
+
+    def validate_config(self, config: ExecutorConfig) -> None:
+        if config.dtype not in SUPPORTED_DTYPES:
+            names = ", ".join(d.value for d in SUPPORTED_DTYPES)
+            raise InvalidInputError(
+                f"dtype {config.dtype.value!r} is not supported by the mlx backend "
+                f"(supported: {names})"
+            )
+        device = self.device_for(config)
+        if device not in _DEVICES:
+            raise InvalidInputError(
+                f"the mlx backend runs on {' or '.join(_DEVICES)}, not {device!r}"
+            )
+        options = config.executor_options
+        group = options.get("group_size")
+        if group is not None and (type(group) is not int or group not in GROUP_SIZES):
+            raise InvalidInputError(
+                f"executor option 'group_size' must be one of {GROUP_SIZES}, got {group!r}"
+            )
+        threads = options.get("threads")
+        if threads is not None and (type(threads) is not int or threads < 1):
+            raise InvalidInputError(f"executor option 'threads' must be an int >= 1, got "
+                                    f"{threads!r}")
+
+    def create_executor(
+        self, config: ExecutorConfig, *, model: LoadedModel | None = None
+    ) -> LlmExecutor:
+        self.validate_config(config)
+        from ferrum_core.plugin import LlmExecutor, load_model
+        from ferrum_mlx.model import MlxDecoderLLM
+        from ferrum_mlx.weights import load_weights
+
+        mx_device = self._mx_device(self.device_for(config))
+        loaded = model
+        if loaded is None:
+            loaded = load_model(config.model_path, max_model_len=config.max_sequence_length,
+                                model_types=MODEL_TYPES)
+        elif loaded.model_type not in MODEL_TYPES:
+            raise UnsupportedError(
+                f"model type {loaded.model_type!r} is not supported by the mlx backend "
+                f"(supported: {', '.join(MODEL_TYPES)})"
+            )
+        cfg = loaded.known_config
+        options: dict[str, Any] = config.executor_options
+        group = int(options.get("group_size") or DEFAULT_GROUP_SIZE)
+        import mlx.core as mx
+
+        try:
+            with mx.stream(mx_device):
+                weights = load_weights(cfg, loaded.weights, config.dtype, group_size=group)
+        finally:
+            if model is None:
+                loaded.weights.close()
+        llm = MlxDecoderLLM(
+            cfg, weights, dtype=config.dtype, device=self.device_for(config),
+            mx_device=mx_device, max_batch_size=config.max_batch_size,
+            supported_dtypes=SUPPORTED_DTYPES,
+        )  # fmt: skip
+        return LlmExecutor(llm, model_id=loaded.path.name, model_type=cfg.model_type)
+
+    def create_batch_executor(self, config: ExecutorConfig) -> BatchModelExecutor:
+        raise UnsupportedError(
+            "the mlx backend batches through unified_decode on the executor from "
+            "create_executor; it has no separate BatchModelExecutor"
+        )
+
+    def _mx_device(self, device: str) -> mx.Device:
+        import mlx.core as mx
+
+        if device == "metal":
+            if not mx.metal.is_available():
+                raise BackendUnavailableError(
+                    "mlx sees no Metal device on this machine (use --device cpu for MLX's "
+                    "CPU device)"
+                )
+            return mx.Device(mx.gpu)
+        return mx.Device(mx.cpu)
+

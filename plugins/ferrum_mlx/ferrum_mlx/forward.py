@@ -1,0 +1,139 @@
+"""The decoder forward in MLX over a ragged batch: every item's tokens in one
+``[T, hidden]`` block through the projections and MLPs, attention per item on
+its own KV slab. The graph is lazy; the caller evaluates it once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+from ferrum_core.errors import UnsupportedError
+from ferrum_core.plugin import ModelConfig
+from ferrum_mlx.kv import SequenceKv
+from ferrum_mlx.layers import Linear
+from ferrum_mlx.weights import LayerWeights, ModelWeights
+
+__all__ = ["Forward", "Span", "activation"]
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One item of the batch: rows ``offset .. offset + n`` at positions ``start ..``."""
+
+    kv: SequenceKv
+    start: int
+    n: int
+    offset: int
+
+
+def _silu(x: mx.array) -> mx.array:
+    return x * mx.sigmoid(x)
+
+
+def _gelu_tanh(x: mx.array) -> mx.array:
+    return 0.5 * x * (1.0 + mx.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+
+
+_ACTIVATIONS: dict[str, Callable[[mx.array], mx.array]] = {
+    "silu": _silu, "swish": _silu, "gelu_pytorch_tanh": _gelu_tanh, "gelu_new": _gelu_tanh,
+}
+
+
+def activation(name: str) -> Callable[[mx.array], mx.array]:
+    try:
+        return _ACTIVATIONS[name]
+    except KeyError:
+        raise UnsupportedError(
+            f"hidden_act {name!r} is not supported by the mlx backend "
+            f"(supported: {', '.join(sorted(_ACTIVATIONS))})"
+        ) from None
+
+
+def _project(parts: tuple[Linear, ...], x: mx.array, sizes: Sequence[int]) -> list[mx.array]:
+    if len(parts) == 1:
+        y = parts[0](x)
+        cuts, total = [], 0
+        for size in sizes[:-1]:
+            total += size
+            cuts.append(total)
+        return list(mx.split(y, cuts, axis=-1))
+    return [linear(x) for linear in parts]
+
+
+class Forward:
+    """The math of one model; ``periods`` are rope wavelengths (``1 / inv_freq``)."""
+
+    def __init__(self, config: ModelConfig, weights: ModelWeights, periods: mx.array) -> None:
+        self.cfg = config
+        self.w = weights
+        self.periods = periods
+        self.act = activation(config.hidden_act)
+        self.q_dim = config.num_attention_heads * config.head_dim
+        self.kv_dim = config.num_key_value_heads * config.head_dim
+        self.scale = config.head_dim**-0.5
+
+    def hidden(self, ids: mx.array, positions: mx.array, spans: Sequence[Span]) -> mx.array:
+        """Final-norm hidden states ``[T, hidden]`` of the batch (lazy)."""
+        cfg, eps = self.cfg, self.cfg.rms_norm_eps
+        x = self.w.embed(ids)
+        for index, layer in enumerate(self.w.layers):
+            h = mx.fast.rms_norm(x, layer.input_norm, eps)
+            x = x + self._attention(index, layer, h, positions, spans)
+            h = mx.fast.rms_norm(x, layer.post_norm, eps)
+            gate, up = _project(layer.gate_up, h, (cfg.intermediate_size,) * 2)
+            x = x + layer.down(self.act(gate) * up)
+        return mx.fast.rms_norm(x, self.w.final_norm, eps)
+
+    def logits(self, hidden: mx.array) -> mx.array:
+        return self.w.lm_head(hidden).astype(mx.float32)
+
+    def _rope(self, x: mx.array, positions: mx.array) -> mx.array:
+        # [T, heads, d] -> [T, heads, 1, d]: every token its own batch row with its own offset.
+        rotated = mx.fast.rope(x[:, :, None, :], self.cfg.head_dim, traditional=False, base=None,
+                               scale=1.0, offset=positions, freqs=self.periods)
+        return rotated[:, :, 0, :]
+
+    def _attention(
+        self, index: int, layer: LayerWeights, h: mx.array, positions: mx.array,
+        spans: Sequence[Span],
+    ) -> mx.array:  # fmt: skip
+        cfg = self.cfg
+        t, hd = h.shape[0], cfg.head_dim
+        q, k, v = _project(layer.qkv, h, (self.q_dim, self.kv_dim, self.kv_dim))
+        q = q.reshape(t, cfg.num_attention_heads, hd)
+        k = k.reshape(t, cfg.num_key_value_heads, hd)
+        v = v.reshape(t, cfg.num_key_value_heads, hd)
+        if layer.q_norm is not None and layer.k_norm is not None:
+            q = mx.fast.rms_norm(q, layer.q_norm, cfg.rms_norm_eps)
+            k = mx.fast.rms_norm(k, layer.k_norm, cfg.rms_norm_eps)
+        q, k = self._rope(q, positions), self._rope(k, positions)
+        # [heads, T, d] so that each span is a contiguous slice of axis 1.
+        q, k, v = (a.transpose(1, 0, 2)[None] for a in (q, k, v))
+        outs = []
+        for span in spans:
+            whole = len(spans) == 1
+            rows = slice(span.offset, span.offset + span.n)
+            qs = q if whole else q[:, :, rows, :]
+            ks = k if whole else k[:, :, rows, :]
+            vs = v if whole else v[:, :, rows, :]
+            keys, values = span.kv.write(index, span.start, ks, vs)
+            outs.append(self._sdpa(qs, keys, values, span))
+        out = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=2)
+        return layer.o(out[0].transpose(1, 0, 2).reshape(t, self.q_dim))
+
+    def _sdpa(self, q: mx.array, keys: mx.array, values: mx.array, span: Span) -> mx.array:
+        window = self.cfg.sliding_window
+        end = span.start + span.n
+        if span.n == 1:
+            if window is not None and end > window:
+                keys, values = keys[:, :, end - window:, :], values[:, :, end - window:, :]
+            return mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale)
+        q_pos = mx.arange(span.start, end)[:, None]
+        k_pos = mx.arange(end)[None, :]
+        visible = k_pos <= q_pos
+        if window is not None:
+            visible = visible & (q_pos - k_pos < window)
+        return mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale,
+                                                    mask=visible)
