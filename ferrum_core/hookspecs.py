@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 import pluggy
 
 if TYPE_CHECKING:
-    from ferrum_core.backends import ProbeResult
+    from ferrum_core.probing import ProbeResult
     from ferrum_core.protocol.capabilities import ExecutorCapabilities
     from ferrum_core.protocol.executor import ModelExecutorFactory
 

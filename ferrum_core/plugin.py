@@ -133,7 +133,6 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from ferrum_core.backends import ProbeResult, RegisterBackend
 from ferrum_core.errors import (
     BackendError,
     BackendSelectionError,
@@ -157,9 +156,10 @@ from ferrum_core.hookspecs import (
     MAX_PRIORITY,
     MIN_PRIORITY,
     RESERVED_BACKEND_NAMES,
+    RegisterBackend,
     hookimpl,
 )
-from ferrum_core.probing import PROBE_TIMEOUT_S
+from ferrum_core.probing import PROBE_TIMEOUT_S, ProbeResult
 from ferrum_core.protocol import (
     AttentionType,
     BatchModelExecutor,

@@ -23,9 +23,10 @@ import pluggy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ferrum_core import hookspecs
-from ferrum_core.backends import BackendDescriptor, BackendRegistry, one_line
+from ferrum_core.backend_registry import BackendDescriptor, BackendRegistry
 from ferrum_core.errors import PluginError
 from ferrum_core.hookspecs import BACKENDS_GROUP, RESERVED_BACKEND_NAMES
+from ferrum_core.probing import one_line
 from ferrum_core.protocol.capabilities import ExecutorCapabilities
 
 __all__ = [

@@ -13,19 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from ferrum_core.errors import ConfigError
+from ferrum_core.models.config_parse import parse_config
+from ferrum_core.models.config_rope import RopeScaling
 
 __all__ = ["RopeScaling", "ModelConfig", "int_tuple", "read_json_object"]
-
-
-@dataclass(frozen=True, slots=True)
-class RopeScaling:
-    """Normalised rope scaling: ``rope_type`` is ``default``, ``linear`` or ``llama3``."""
-
-    rope_type: str = "default"
-    factor: float = 1.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position_embeddings: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +53,6 @@ class ModelConfig:
         Raises :class:`ConfigError` naming the key when a required key is
         missing, mistyped or contradicts another one.
         """
-        from ferrum_core.models.config_parse import parse_config
-
         return parse_config(cls, data, max_model_len=max_model_len)
 
     @classmethod

@@ -9,14 +9,26 @@ layouts; they must then agree.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from ferrum_core.errors import ConfigError
 
-__all__ = ["SUPPORTED_ROPE_TYPES", "parse_rope"]
+__all__ = ["SUPPORTED_ROPE_TYPES", "RopeScaling", "parse_rope"]
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 _DEFAULT_THETA = 10000.0
+
+
+@dataclass(frozen=True, slots=True)
+class RopeScaling:
+    """Normalised rope scaling: ``rope_type`` is ``default``, ``linear`` or ``llama3``."""
+
+    rope_type: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int | None = None
 
 
 def _normalise(section: str, value: Any) -> dict[str, Any]:
@@ -54,10 +66,8 @@ def _number(params: dict[str, Any], key: str, where: dict[str, str]) -> float:
     return float(value)
 
 
-def parse_rope(data: dict[str, Any]) -> tuple[float, Any]:
+def parse_rope(data: dict[str, Any]) -> tuple[float, RopeScaling]:
     """Return ``(rope_theta, RopeScaling)``."""
-    from ferrum_core.models.config import RopeScaling
-
     merged: dict[str, Any] = {}
     where: dict[str, str] = {}  # key -> section it came from ("" = top level)
     top = {"rope_theta": data.get("rope_theta")}
