@@ -37,7 +37,15 @@ backend ``unavailable``). The factory returns an object with
 
 **The path of a request.** ``ferrum`` (or ``LLM``) selects a backend, builds
 an :class:`ExecutorConfig` and calls your factory's ``validate_config`` then
-``create_executor``. Most backends load the model with :func:`load_model`,
+``create_executor(config, *, model=None)``: ``LLM`` loads the model once and
+passes that :class:`LoadedModel` as ``model`` (your factory then owns its
+weights: close them when done); called without it (a bare ``ExecutorConfig``),
+load ``config.model_path`` yourself. A factory whose ``create_executor`` has no
+``model`` parameter (API version 1 as first published) still works: the core
+passes ``model`` only where the signature takes it. ``create_batch_executor``
+returns a :class:`BatchModelExecutor` (``LlmExecutor`` is one), and
+``supported_types()`` lists only the :class:`ExecutorType` values that work.
+Most backends load the model with :func:`load_model`,
 implement the model math as a :class:`DecoderOnlyLLM` and wrap it in
 :class:`LlmExecutor`, which supplies every executor semantic (cache ids,
 validation, rollback, the unified fallback, metrics, thread safety).

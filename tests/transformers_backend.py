@@ -24,6 +24,7 @@ from ferrum_core.plugin import (
     ExecutorType,
     LlmExecutor,
     LlmRuntimeConfig,
+    LoadedModel,
     ModelExecutor,
     ProbeResult,
     UnifiedItem,
@@ -123,11 +124,14 @@ class TransformersFactory:
         if config.dtype != DataType.FP32:
             raise UnsupportedError(f"fp32 only, not {config.dtype.value}")
 
-    def create_executor(self, config: ExecutorConfig) -> ModelExecutor:
+    def create_executor(
+        self, config: ExecutorConfig, *, model: LoadedModel | None = None
+    ) -> ModelExecutor:
         import torch
         import transformers
 
-        loaded = load_model(config.model_path, model_types=MODEL_TYPES)
+        loaded = model if model is not None else load_model(config.model_path,
+                                                            model_types=MODEL_TYPES)
         assert loaded.config is None  # a family the core does not parse
         hf_config = transformers.AutoConfig.for_model(**loaded.raw_config)
         model = transformers.AutoModelForCausalLM.from_config(hf_config).eval()

@@ -73,7 +73,8 @@ class LLM:
             bar.update()
             bar.set_description(f"Loading model on {self.backend} ({self.dtype.value})")
             target = create_executor(
-                self.config.executor_config(str(loaded.path), self.dtype), self.backend
+                self.config.executor_config(str(loaded.path), self.dtype), self.backend,
+                model=loaded,
             )
             bar.update()
             draft: ModelExecutor | None = None
@@ -84,7 +85,8 @@ class LLM:
                 check_draft_tokenizer(self.tokenizer.vocab_size,
                                        draft_model.tokenizer.vocab_size)
                 draft = create_executor(
-                    self.config.executor_config(str(draft_model.path), self.dtype), self.backend
+                    self.config.executor_config(str(draft_model.path), self.dtype),
+                    self.backend, model=draft_model,
                 )
                 bar.update()
             self.registry = ExecutorRegistry()

@@ -19,15 +19,20 @@ __all__ = ["load_for", "choose_dtype", "check_draft_tokenizer"]
 
 def load_for(model: str | Path | None, descriptor: BackendDescriptor,
               max_model_len: int | None) -> LoadedModel:
-    """Load ``model`` if the backend runs its family (weights closed: the backend reopens)."""
+    """Load ``model`` if the backend runs its family. The weights stay open for the
+    factory (:func:`ferrum_core.backends.create_executor` with ``model=``), which
+    owns them from then on."""
     from ferrum_core.models import load_model
     from ferrum_core.models.loader import check_model_type
 
     caps = descriptor.capabilities
     accepted = caps.supported_model_types if caps is not None else None
     loaded = load_model(model, max_model_len=max_model_len, model_types=None)
-    loaded.weights.close()
-    check_model_type(loaded.model_type, accepted, f"backend {descriptor.name!r}")
+    try:
+        check_model_type(loaded.model_type, accepted, f"backend {descriptor.name!r}")
+    except BaseException:
+        loaded.weights.close()
+        raise
     return loaded
 
 

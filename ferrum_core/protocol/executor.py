@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from ferrum_core.protocol.io import (
 )
 from ferrum_core.tensor import TensorRef
 from ferrum_core.types import ModelInfo, TokenId
+
+if TYPE_CHECKING:
+    from ferrum_core.models.loader import LoadedModel
 
 __all__ = [
     "ModelExecutor",
@@ -167,9 +170,18 @@ class SpeculativeExecutor(ModelExecutor):
 
 @runtime_checkable
 class ModelExecutorFactory(Protocol):
-    """Builds executors of one backend. Heavy imports happen here, never in probes."""
+    """Builds executors of one backend. Heavy imports happen here, never in probes.
 
-    def create_executor(self, config: ExecutorConfig) -> ModelExecutor: ...
+    ``create_executor(config, *, model=None)``: when ``model`` (what
+    :func:`~ferrum_core.models.load_model` produced for ``config.model_path``)
+    is given, build from it instead of loading the model again. Factories
+    written before ``model`` existed (``create_executor(config)``) keep working:
+    the core passes ``model`` only to a factory whose signature accepts it.
+    """
+
+    def create_executor(
+        self, config: ExecutorConfig, *, model: LoadedModel | None = None
+    ) -> ModelExecutor: ...
 
     def create_batch_executor(self, config: ExecutorConfig) -> BatchModelExecutor: ...
 

@@ -9,6 +9,7 @@ from ferrum_core.plugin import (
     ExecutorConfig,
     ExecutorType,
     LlmExecutor,
+    LoadedModel,
     ModelExecutor,
     load_model,
 )
@@ -31,10 +32,14 @@ class ExampleFactory:
         if config.device != "cpu":
             raise UnsupportedError(f"the example backend runs on cpu only, not {config.device}")
 
-    def create_executor(self, config: ExecutorConfig) -> ModelExecutor:
+    def create_executor(
+        self, config: ExecutorConfig, *, model: LoadedModel | None = None
+    ) -> ModelExecutor:
+        """``model``: what ``load_model`` already produced for ``config`` (else loaded here)."""
         self.validate_config(config)
-        loaded = load_model(config.model_path, max_model_len=config.max_sequence_length,
-                            model_types=MODEL_TYPES)
+        loaded = model if model is not None else load_model(
+            config.model_path, max_model_len=config.max_sequence_length, model_types=MODEL_TYPES
+        )
         model = NumpyLlama.from_weights(
             loaded.known_config,
             loaded.weights,
