@@ -1,0 +1,209 @@
+"""Linear and embedding layers as ONNX nodes, in fp32 or weight-only int8/int4.
+
+:func:`linear` writes ``out = x @ W.T (+ bias)`` for a weight ``W[N, K]``
+(Hugging Face orientation) and :func:`embedding` writes ``out = W[ids]``;
+both return the :class:`Nodes` to add to a graph, every name prefixed by
+``prefix``.
+
+* ``fp32``: ``MatMul`` on the float32 weights (a GGUF block type dequantised
+  exactly as ``gguf.quants.dequantize`` does), then ``Add`` of the bias.
+* ``int4``/``int8`` from a GGUF block type: the tensor keeps its own codes and
+  scales (:mod:`.quant_gguf`), one ``MatMulNBits`` with uint8 zero points
+  (the form ONNX Runtime prepacks); Q4_1/Q4_K/Q5_1/Q5_K add their exact
+  minimums as ``block sums of x @ mins.T`` (a small fp32 ``MatMul``).
+* ``int4``/``int8`` from float weights (ndarray, F32/F16/BF16 tensors):
+  quantised by ONNX Runtime's quantiser (:mod:`.quant_ort`), asymmetric.
+* 8-bit codes at ``accuracy_level`` < 4 run as two exact 4-bit
+  ``MatMulNBits`` (high and low nibbles, :func:`.quant_pack.split_nibbles`):
+  MLAS has no fp32-activation 8-bit kernel and would dequantise the whole
+  matrix on every call. At level 4 (int8 activations) the 8-bit kernel
+  exists and is used as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ferrum_core.errors import UnsupportedError
+from ferrum_core.plugin import StoredTensor, to_float32
+
+from .quant_gguf import GgufWeight, gguf_weight
+from .quant_ort import ort_quantize
+from .quant_pack import NBitsWeight, float_initializer, matmul_nbits, split_nibbles
+
+__all__ = ["Mode", "Nodes", "embedding", "linear", "weight_float32"]
+
+Mode = Literal["fp32", "int8", "int4"]
+_MODES = ("fp32", "int8", "int4")
+_INT8_ACTIVATIONS = 4  # accuracy_level at which MLAS runs int8 x int8 kernels
+
+
+@dataclass(frozen=True, slots=True)
+class Nodes:
+    """Nodes (in execution order) and the initializers they read."""
+
+    nodes: list[onnx.NodeProto]
+    initializers: list[onnx.TensorProto]
+
+
+def weight_float32(weight: StoredTensor | np.ndarray) -> np.ndarray:
+    """``weight`` as float32: block types dequantised bit-exactly (types that
+    ``split_blocks`` does not know through ``gguf.quants``)."""
+    floats: np.ndarray
+    if not isinstance(weight, StoredTensor):
+        floats = np.asarray(weight, dtype=np.float32)
+        return floats
+    try:
+        floats = to_float32(weight)
+        return floats
+    except UnsupportedError:
+        from gguf import GGMLQuantizationType, quants
+
+        try:
+            kind = GGMLQuantizationType[weight.type]
+            array = quants.dequantize(np.asarray(weight.data), kind)
+        except (KeyError, NotImplementedError):
+            raise UnsupportedError(
+                f"GGUF type {weight.type} of tensor {weight.name!r} cannot be dequantised"
+            ) from None
+        floats = np.asarray(array, dtype=np.float32).reshape(weight.shape)
+        return floats
+
+
+def _check(mode: str, weight: StoredTensor | np.ndarray, what: str) -> tuple[int, int]:
+    if mode not in _MODES:
+        raise UnsupportedError(f"{what}: dtype {mode!r} is not one of {', '.join(_MODES)}")
+    shape = tuple(weight.shape)
+    if len(shape) != 2:
+        raise UnsupportedError(f"{what}: weight has shape {list(shape)}, not [out, in]")
+    return int(shape[0]), int(shape[1])
+
+
+def _block_sums(prefix: str, x: str, k: int, group: int) -> Nodes:
+    """``sums[..., b] = sum(x[..., b*group:(b+1)*group])`` for any rank of
+    ``x``: a ``MatMulNBits`` over a 0/1 indicator matrix (fp32 activations, so
+    the sums are exact float32 sums)."""
+    blocks = k // group
+    codes = np.zeros((blocks, blocks, group), dtype=np.uint8)
+    codes[np.arange(blocks), np.arange(blocks)] = 1
+    ones = np.ones((blocks, blocks), dtype=np.float32)
+    zeros = np.zeros((blocks, blocks), dtype=np.uint8)
+    indicator = NBitsWeight(codes, ones, zeros, 4, k)
+    node, inits = matmul_nbits(
+        f"{prefix}.block_sums", x, f"{prefix}.block_sums", indicator, accuracy_level=1
+    )
+    return Nodes([node], inits)
+
+
+def _nbits_parts(weight: NBitsWeight, accuracy_level: int) -> list[NBitsWeight]:
+    if weight.bits == 8 and accuracy_level < _INT8_ACTIVATIONS:
+        return list(split_nibbles(weight))
+    return [weight]
+
+
+def _emit(
+    prefix: str,
+    x: str,
+    out: str,
+    weight: NBitsWeight,
+    mins: np.ndarray | None,
+    bias: np.ndarray | None,
+    accuracy_level: int,
+) -> Nodes:
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    terms: list[str] = []
+    bias_name: str | None = None
+    if bias is not None:
+        bias_init = float_initializer(f"{prefix}.bias", np.asarray(bias).reshape(weight.n))
+        inits.append(bias_init)
+        bias_name = bias_init.name
+    parts = _nbits_parts(weight, accuracy_level)
+    for index, part in enumerate(parts):
+        name = f"{prefix}.matmul_nbits" + (f".{index}" if len(parts) > 1 else "")
+        node, part_inits = matmul_nbits(
+            name,
+            x,
+            name,
+            part,
+            accuracy_level=accuracy_level,
+            bias=bias_name if index == 0 else None,
+        )
+        nodes.append(node)
+        inits += part_inits
+        terms.append(name)
+    if mins is not None:
+        group = weight.k // mins.shape[1]
+        sums = _block_sums(prefix, x, weight.k, group)
+        mins_t = float_initializer(f"{prefix}.mins", np.ascontiguousarray(mins.T))
+        nodes += sums.nodes
+        inits += [*sums.initializers, mins_t]
+        term = f"{prefix}.min_term"
+        nodes.append(
+            helper.make_node("MatMul", [sums.nodes[-1].output[0], mins_t.name], [term], name=term)
+        )
+        terms.append(term)
+    if len(terms) == 1:  # a single MatMulNBits writes ``out`` itself
+        nodes[-1].output[0] = out
+    else:
+        op = "Add" if len(terms) == 2 else "Sum"
+        nodes.append(helper.make_node(op, terms, [out], name=f"{prefix}.sum"))
+    return Nodes(nodes, inits)
+
+
+def linear(
+    prefix: str,
+    x: str,
+    out: str,
+    weight: StoredTensor | np.ndarray,
+    *,
+    bias: np.ndarray | None,
+    mode: Mode,
+    accuracy_level: int = 1,
+    block_size: int = 32,
+) -> Nodes:
+    """``out = x @ W.T (+ bias)`` for ``weight`` ``W[N, K]``; ``x`` is
+    ``[..., K]`` (rank 2 or 3), ``out`` ``[..., N]``. See the module docs for
+    the forms per ``mode``; ``accuracy_level`` goes to ``MatMulNBits``
+    (1: fp32 activations, exact; 4: int8 activations) and ``block_size`` is
+    the quantiser's block for float weights (GGUF types keep their own).
+
+    Raises :class:`UnsupportedError` naming the GGUF type and tensor for a
+    block type with no exact ``MatMulNBits`` form."""
+    n, _ = _check(mode, weight, f"linear {prefix}")
+    if mode == "fp32":
+        w_t = float_initializer(f"{prefix}.weight_t", weight_float32(weight).T)
+        if bias is None:
+            return Nodes([helper.make_node("MatMul", [x, w_t.name], [out], name=prefix)], [w_t])
+        b = float_initializer(f"{prefix}.bias", np.asarray(bias).reshape(n))
+        matmul = helper.make_node("MatMul", [x, w_t.name], [f"{prefix}.matmul"], name=prefix)
+        add = helper.make_node("Add", [matmul.output[0], b.name], [out], name=f"{prefix}.bias_add")
+        return Nodes([matmul, add], [w_t, b])
+    if isinstance(weight, StoredTensor) and weight.quantized:
+        gguf: GgufWeight = gguf_weight(weight)
+        return _emit(prefix, x, out, gguf.weight, gguf.mins, bias, accuracy_level)
+    bits = 4 if mode == "int4" else 8
+    quantised = ort_quantize(weight_float32(weight), bits, block_size)
+    return _emit(prefix, x, out, quantised, None, bias, accuracy_level)
+
+
+def embedding(
+    prefix: str,
+    ids: str,
+    out: str,
+    weight: StoredTensor | np.ndarray,
+    *,
+    mode: Mode,
+) -> Nodes:
+    """``out = W[ids]`` for ``weight`` ``W[vocab, hidden]``: a ``Gather`` over
+    the exact float32 rows in every mode (a lookup reads one row per token, so
+    quantising it saves memory, not time; the values stay those of the file)."""
+    _check(mode, weight, f"embedding {prefix}")
+    table = float_initializer(f"{prefix}.weight", weight_float32(weight))
+    node = helper.make_node("Gather", [table.name, ids], [out], name=prefix, axis=0)
+    return Nodes([node], [table])

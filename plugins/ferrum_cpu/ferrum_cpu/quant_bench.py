@@ -1,0 +1,169 @@
+"""Time decode-shaped linear layers in the forms :mod:`.quant` could emit.
+
+``python -m ferrum_cpu.quant_bench [--threads 1] [--calls 300]`` builds, for
+``x[1, 576]`` and ``W[1536, 576]`` / ``W[49152, 576]`` (SmolLM2-135M's MLP
+and LM head shapes), Q4_1 and Q8_0 blocks from random weights and times one
+ONNX Runtime session per form (best of interleaved rounds, microseconds
+per call), with the error against ``x @ dequantised(W).T``. Not a test: the
+figures back the choices in :mod:`.quant` (numbers in its report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from functools import partial
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ferrum_core.plugin import StoredTensor
+
+from .quant import Nodes, linear
+from .quant_gguf import gguf_weight
+from .quant_ort import ort_quantize
+from .quant_pack import MS_DOMAIN, NBitsWeight, matmul_nbits, split_nibbles
+
+K = 576
+
+
+def model(nodes: Nodes, k: int) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes.nodes,
+        "bench",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        nodes.initializers,
+    )
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid(MS_DOMAIN, 1)]
+    built = helper.make_model(graph, opset_imports=opsets)
+    built.ir_version = 10
+    return built
+
+
+def stored(kind: str, n: int, seed: int) -> StoredTensor:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
+
+    qtype = GGMLQuantizationType[kind]
+    w = np.random.default_rng(seed).standard_normal((n, K)).astype(np.float32) * 0.05
+    block, size = GGML_QUANT_SIZES[qtype]
+    return StoredTensor(f"w{n}", (n, K), kind, quants.quantize(w, qtype), block, size)
+
+
+def float_zp_q41(st: StoredTensor) -> Nodes:
+    """Q4_1 as ``d (q - z)`` with a float zero point ``z = -m / d``."""
+    g = gguf_weight(st)
+    assert g.mins is not None
+    w = g.weight
+    zp = (-g.mins / np.where(w.scales == 0, 1, w.scales)).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(w.codes[..., 0::2] | (w.codes[..., 1::2] << 4), "qw"),
+        numpy_helper.from_array(w.scales.reshape(-1), "sc"),
+        numpy_helper.from_array(zp.reshape(-1), "zp"),
+    ]
+    node = helper.make_node(
+        "MatMulNBits", ["x", "qw", "sc", "zp"], ["y"], domain=MS_DOMAIN,
+        K=K, N=w.n, bits=4, block_size=32, accuracy_level=1,
+    )  # fmt: skip
+    return Nodes([node], inits)
+
+
+def single(weight: NBitsWeight, level: int, zp: bool = True) -> Nodes:
+    node, inits = matmul_nbits("mm", "x", "y", weight, accuracy_level=level, zero_points=zp)
+    return Nodes([node], inits)
+
+
+def split(weight: NBitsWeight, level: int) -> Nodes:
+    hi, lo = split_nibbles(weight)
+    a, ia = matmul_nbits("hi", "x", "hi", hi, accuracy_level=level)
+    b, ib = matmul_nbits("lo", "x", "lo", lo, accuracy_level=level)
+    return Nodes([a, b, helper.make_node("Add", ["hi", "lo"], ["y"])], ia + ib)
+
+
+def reduce_sum_q41(st: StoredTensor, level: int) -> Nodes:
+    """zp 0 + minimums with block sums by Reshape/ReduceSum (rank-2 x only)."""
+    g = gguf_weight(st)
+    assert g.mins is not None
+    node, inits = matmul_nbits("mm", "x", "mm", g.weight, accuracy_level=level)
+    shape = numpy_helper.from_array(np.array([-1, K // 32, 32], dtype=np.int64), "shape")
+    axes = numpy_helper.from_array(np.array([-1], dtype=np.int64), "axes")
+    mins = numpy_helper.from_array(np.ascontiguousarray(g.mins.T), "mins")
+    nodes = [
+        node,
+        helper.make_node("Reshape", ["x", "shape"], ["xr"]),
+        helper.make_node("ReduceSum", ["xr", "axes"], ["sums"], keepdims=0),
+        helper.make_node("MatMul", ["sums", "mins"], ["mt"]),
+        helper.make_node("Add", ["mm", "mt"], ["y"]),
+    ]
+    return Nodes(nodes, [*inits, shape, axes, mins])
+
+
+def forms(n: int, level: int) -> dict[str, tuple[Nodes, np.ndarray]]:
+    """name -> (nodes, the weights the form computes with)."""
+    q41, q80 = stored("Q4_1", n, 1), stored("Q8_0", n, 2)
+    d41 = gguf_weight(q41).weight.dequantize() + np.repeat(gguf_weight(q41).mins, 32, axis=1)  # type: ignore[arg-type]
+    d80 = gguf_weight(q80).weight.dequantize()
+    requant = ort_quantize(d41, 4, 32)
+    exact = linear("l", "x", "y", q41, bias=None, mode="int4", accuracy_level=level)
+    out = {
+        "Q4_1 exact: zp0 + minimums (ferrum)": (exact, d41),
+        "Q4_1 exact: zp0 + minimums via ReduceSum": (reduce_sum_q41(q41, level), d41),
+        "Q4_1 zp0 alone (no minimums: lower bound)": (single(gguf_weight(q41).weight, level), d41),
+        "Q4_1 re-quantised asym uint8 zp (ORT)": (single(requant, level), d41),
+        "Q8_0 as 8-bit, zp 128": (single(gguf_weight(q80).weight, level), d80),
+        "Q8_0 as 2 x 4-bit nibbles": (split(gguf_weight(q80).weight, level), d80),
+        "fp32 MatMul (dequantised Q4_1)": (linear("l", "x", "y", d41, bias=None, mode="fp32"), d41),
+    }
+    if level == 1:
+        out["Q4_1 float zero point"] = (float_zp_q41(q41), d41)
+    return out
+
+
+def time_sessions(
+    runs: dict[str, Callable[[], object]], calls: int, rounds: int
+) -> dict[str, float]:
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                run()
+            samples[name].append((time.perf_counter() - start) / calls * 1e6)
+    # the best round: on a shared machine other load only ever adds time
+    return {name: float(np.min(values)) for name, values in samples.items()}
+
+
+def main() -> None:
+    import onnxruntime as ort
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--n", type=int, nargs="*", default=[1536, 49152])
+    args = parser.parse_args()
+    x = np.random.default_rng(0).standard_normal((1, K)).astype(np.float32)
+    print(f"onnxruntime {ort.__version__}, {args.threads} thread(s), x [1, {K}]")
+    for n in args.n:
+        for level in (1, 4):
+            runs: dict[str, Callable[[], object]] = {}
+            errors: dict[str, float] = {}
+            for name, (nodes, weights) in forms(n, level).items():
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = args.threads
+                session = ort.InferenceSession(model(nodes, K).SerializeToString(), options)
+                y = session.run(None, {"x": x})[0]
+                ref = x @ weights.T
+                errors[name] = float(np.abs(y - ref).max() / np.abs(ref).max())
+                runs[name] = partial(session.run, None, {"x": x})
+            calls = max(5, args.calls * 1536 // n)
+            times = time_sessions(runs, calls, args.rounds)
+            print(f"\nW [{n}, {K}], accuracy_level {level}")
+            for name, us in times.items():
+                print(f"  {name:<45} {us:9.1f} us   max rel err {errors[name]:.1e}")
+
+
+if __name__ == "__main__":
+    main()
