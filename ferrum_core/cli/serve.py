@@ -67,7 +67,11 @@ def serve(model: str | None, backend: str | None, host: str, port: int,
           dtype: str, threads: int | None, max_model_len: int | None,
           max_num_seqs: int | None, max_body_bytes: int) -> None:
     """Serve the OpenAI API (/v1/models, /v1/completions, /v1/chat/completions,
-    /health, /metrics) over one continuously batching engine."""
+    /health, /metrics) over one continuously batching engine.
+
+    The port opens at once and the model loads meanwhile: until it is ready /health
+    and every /v1/* route answer 503 (code engine_loading, with Retry-After). A model
+    that fails to load ends the command with its error (exit 1)."""
     if not api_key:
         api_key = None
     if api_key is None and not is_loopback(host):
@@ -76,8 +80,7 @@ def serve(model: str | None, backend: str | None, host: str, port: int,
     with _errors():
         import uvicorn
 
-        from ferrum_core.engine import AsyncLLM
-        from ferrum_core.server import ServerSettings, create_app
+        from ferrum_core.server import EngineSlot, ServerSettings, create_app
 
         template = _read_template(chat_template) if chat_template else None
         config: dict[str, Any] = {"dtype": dtype}
@@ -85,17 +88,36 @@ def serve(model: str | None, backend: str | None, host: str, port: int,
                            ("max_num_seqs", max_num_seqs)):
             if value is not None:
                 config[key] = value
-        engine = AsyncLLM(model, backend, **config)
-        if template is not None:
-            engine.llm.tokenizer.chat_template = template
-        names = _served_names(served_model_name, model, Path(engine.llm.model_path).name)
+        names = _served_names(served_model_name, model, "")
         settings = ServerSettings(served_model_names=names, api_key=api_key,
                                   max_body_bytes=max_body_bytes)
-        app = create_app(engine, settings)
-        print(f"ferrum serve: {names[0]} on {engine.llm.backend} ({engine.llm.dtype.value}) at"
-              f" http://{host}:{port}/v1", file=sys.stderr, flush=True)
+        slot = EngineSlot()
+        server = uvicorn.Server(uvicorn.Config(
+            create_app(slot, settings), host=host, port=port, timeout_graceful_shutdown=5,
+            log_level=os.environ.get("FERRUM_SERVE_LOG_LEVEL", "warning")))
+        sock = server.config.bind_socket()
+        sock.listen(server.config.backlog)  # clients connect (and get 503) from now on
+
+        def build() -> tuple[Any, tuple[str, ...]]:
+            from ferrum_core.engine import AsyncLLM
+
+            engine = AsyncLLM(model, backend, **config)
+            if template is not None:
+                engine.llm.tokenizer.chat_template = template
+            print(f"ferrum serve: {names[0]} ready on {engine.llm.backend} "
+                  f"({engine.llm.dtype.value})", file=sys.stderr, flush=True)
+            return engine, (Path(engine.llm.model_path).name,)
+
+        def failed(error: BaseException) -> None:
+            server.should_exit = True
+
+        bound = sock.getsockname()[1]
+        print(f"ferrum serve: loading {names[0]}; serving at http://{host}:{bound}/v1",
+              file=sys.stderr, flush=True)
+        slot.load_in_background(build, on_failure=failed)
         try:
-            uvicorn.run(app, host=host, port=port, log_level=os.environ.get(
-                "FERRUM_SERVE_LOG_LEVEL", "warning"), timeout_graceful_shutdown=5)
+            server.run(sockets=[sock])
         finally:
-            engine.close()
+            slot.close()
+        if slot.error is not None:
+            raise slot.error

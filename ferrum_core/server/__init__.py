@@ -7,5 +7,6 @@ Importing this package imports FastAPI; the CLI imports it only when the
 from __future__ import annotations
 
 from ferrum_core.server.app import ServerSettings, create_app
+from ferrum_core.server.engine_slot import EngineSlot
 
-__all__ = ["ServerSettings", "create_app"]
+__all__ = ["EngineSlot", "ServerSettings", "create_app"]

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ferrum_core.errors import FerrumError
 from ferrum_core.server.completions import prepare
+from ferrum_core.server.engine_slot import EngineSlot
 from ferrum_core.server.errors import (
     ApiError,
     error_body,
@@ -77,14 +78,19 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
 
 
 def create_app(engine: Any, settings: ServerSettings) -> FastAPI:
-    """The app serving ``engine`` (an :class:`AsyncLLM`); one metrics registry per app."""
+    """The app serving ``engine``: an :class:`AsyncLLM`, or an :class:`EngineSlot` still
+    loading one. Until the engine is ready ``/health`` and every ``/v1/*`` route (after
+    the API key check) answer 503 with code ``engine_loading`` and a ``Retry-After``
+    header; ``/v1/models`` too, so that a listed model is one that can answer.
+    ``/metrics`` answers throughout (``ferrum_engine_ready`` is 0 while loading)."""
     app = FastAPI(title="Ferrum", docs_url=None, redoc_url=None, openapi_url=None)
-    metrics = ServerMetrics(engine.stats)
-    app.state.engine, app.state.settings, app.state.metrics = engine, settings, metrics
+    slot = engine if isinstance(engine, EngineSlot) else EngineSlot(engine)
+    metrics = ServerMetrics(slot.stats)
+    app.state.slot, app.state.settings, app.state.metrics = slot, settings, metrics
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(FerrumError)
     async def _ferrum_error(request: Request, exc: FerrumError) -> JSONResponse:
@@ -101,14 +107,9 @@ def create_app(engine: Any, settings: ServerSettings) -> FastAPI:
         message = f"internal error ({type(exc).__name__}); the server keeps running"
         return JSONResponse(error_body(message, 500, code="internal_error"), status_code=500)
 
-    def ready() -> None:
-        if not engine.is_ready:
-            raise ApiError(503, "the engine is not ready", code="engine_unavailable")
-
     @app.get("/health")
     async def health() -> JSONResponse:
-        if not engine.is_ready:
-            return JSONResponse({"status": "starting"}, status_code=503)
+        slot.ready()
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics")
@@ -119,6 +120,7 @@ def create_app(engine: Any, settings: ServerSettings) -> FastAPI:
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
         _authorize(request, settings)
+        slot.ready()
         cards = [{"id": name, "object": "model", "created": 0, "owned_by": "ferrum"}
                  for name in settings.served_model_names[:1]]
         return JSONResponse({"object": "list", "data": cards})
@@ -127,19 +129,18 @@ def create_app(engine: Any, settings: ServerSettings) -> FastAPI:
                     ) -> Response:
         arrival = time.perf_counter()
         _authorize(request, settings)
+        engine = slot.ready()
         body = await _json_body(request, settings.max_body_bytes)
         refuse_unsupported(body)
         try:
             parsed = kind.model_validate(body)
         except ValidationError as exc:
             raise from_validation_error(exc) from None
-        if parsed.model is not None and parsed.model not in settings.served_model_names:
+        names = settings.served_model_names
+        if parsed.model is not None and parsed.model not in names + slot.aliases:
             raise ApiError(404, f"the model '{parsed.model}' does not exist; this server "
-                           f"serves '{settings.served_model_names[0]}'", param="model",
-                           code="model_not_found")
-        ready()
-        name = settings.served_model_names[0]
-        prepared = prepare(engine, parsed, name)
+                           f"serves '{names[0]}'", param="model", code="model_not_found")
+        prepared = prepare(engine, parsed, names[0])
         streams = await start_streams(engine, prepared.jobs, prepared.params)
         if parsed.stream:
             return StreamingResponse(sse_events(engine, prepared, streams, metrics, arrival),

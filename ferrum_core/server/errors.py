@@ -30,12 +30,13 @@ class ApiError(FerrumError):
     """An error answered to an HTTP client with ``status`` and an OpenAI error body."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.status, param=self.param, code=self.code)

@@ -18,13 +18,19 @@ _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 
 
 class _EngineCollector(Collector):
-    """Reads the engine's stats when /metrics is scraped (never stale, no bookkeeping)."""
+    """Reads the engine's stats when /metrics is scraped (never stale, no bookkeeping);
+    ``stats`` returns None while the engine loads."""
 
     def __init__(self, stats: Callable[[], Any]) -> None:
         self._stats = stats
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats()
+        yield GaugeMetricFamily("ferrum_engine_ready",
+                                "1 once the engine is loaded and serving, 0 before.",
+                                value=int(stats is not None))
+        if stats is None:  # still loading: no engine to read
+            return
         yield GaugeMetricFamily("ferrum_num_requests_running",
                                 "Requests in the running batch.", value=stats.num_running)
         yield GaugeMetricFamily("ferrum_num_requests_waiting",

@@ -44,16 +44,16 @@ class Server:
                                   max_retries=0, timeout=120)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def start_server(args: list[str], home: Path, *, model: str, model_dir: Path | None,
-                 api_key: str | None = None) -> Iterator[Server]:
-    """Start `ferrum serve ARGS`, wait for /health (or for the process to die), yield it."""
-    port = _free_port()
+def launch(args: list[str], home: Path, *, model: str, api_key: str | None = None
+           ) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """Start `ferrum serve ARGS` on a free port: (process, port, its output log)."""
+    port = free_port()
     env = {**os.environ, "FERRUM_HOME": str(home)}
     env.pop("FERRUM_API_KEY", None)
     command = [sys.executable, "-m", "ferrum_core.cli.main", "serve", "--port", str(port),
@@ -63,6 +63,22 @@ def start_server(args: list[str], home: Path, *, model: str, model_dir: Path | N
     log = home / f"serve-{port}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    return process, port, log
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def start_server(args: list[str], home: Path, *, model: str, model_dir: Path | None,
+                 api_key: str | None = None) -> Iterator[Server]:
+    """Start `ferrum serve ARGS`, wait for /health (or for the process to die), yield it."""
+    process, port, log = launch(args, home, model=model, api_key=api_key)
     server = Server(f"http://127.0.0.1:{port}", model, model_dir, api_key)
     try:
         while True:  # bounded by the process: it either answers or exits
@@ -76,12 +92,7 @@ def start_server(args: list[str], home: Path, *, model: str, model_dir: Path | N
             time.sleep(0.2)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 @pytest.fixture(scope="session")
