@@ -7,7 +7,7 @@ Metal where MLX has it, else MLX's CPU device, through the same code path.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ferrum_core.errors import BackendUnavailableError, InvalidInputError, UnsupportedError
 from ferrum_core.plugin import ExecutorConfig, ExecutorType
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import mlx.core as mx
 
     from ferrum_core.plugin import BatchModelExecutor, LlmExecutor, LoadedModel
+    from ferrum_mlx.model import MlxDecoderLLM
 
 __all__ = ["MlxExecutorFactory"]
 
@@ -67,8 +68,19 @@ class MlxExecutorFactory:
     def create_executor(
         self, config: ExecutorConfig, *, model: LoadedModel | None = None
     ) -> LlmExecutor:
+        from ferrum_core.plugin import LlmExecutor
+
+        llm, loaded = self.create_model(config, model=model)
+        return LlmExecutor(llm, model_id=loaded.path.name, model_type=loaded.model_type)
+
+    def create_model(
+        self, config: ExecutorConfig, *, model: LoadedModel | None = None
+    ) -> tuple[MlxDecoderLLM, LoadedModel]:
+        """The bare ``DecoderOnlyLLM`` (and the model it loaded, weights closed unless given)."""
         self.validate_config(config)
-        from ferrum_core.plugin import LlmExecutor, load_model
+        import mlx.core as mx
+
+        from ferrum_core.plugin import load_model
         from ferrum_mlx.model import MlxDecoderLLM
         from ferrum_mlx.weights import load_weights
 
@@ -83,10 +95,7 @@ class MlxExecutorFactory:
                 f"(supported: {', '.join(MODEL_TYPES)})"
             )
         cfg = loaded.known_config
-        options: dict[str, Any] = config.executor_options
-        group = int(options.get("group_size") or DEFAULT_GROUP_SIZE)
-        import mlx.core as mx
-
+        group = int(config.executor_options.get("group_size") or DEFAULT_GROUP_SIZE)
         try:
             with mx.stream(mx_device):
                 weights = load_weights(cfg, loaded.weights, config.dtype, group_size=group)
@@ -98,7 +107,7 @@ class MlxExecutorFactory:
             mx_device=mx_device, max_batch_size=config.max_batch_size,
             supported_dtypes=SUPPORTED_DTYPES,
         )  # fmt: skip
-        return LlmExecutor(llm, model_id=loaded.path.name, model_type=cfg.model_type)
+        return llm, loaded
 
     def create_batch_executor(self, config: ExecutorConfig) -> BatchModelExecutor:
         raise UnsupportedError(

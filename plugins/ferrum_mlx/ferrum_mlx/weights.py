@@ -1,11 +1,11 @@
-"""A Llama-family checkpoint as MLX arrays: dense in fp32/fp16/bf16, affine-quantised in int4/int8.
+"""A Llama-family checkpoint as MLX arrays: dense in fp32/fp16/bf16, quantised in int4/int8.
 
-In ``int4``/``int8`` every matrix keeps the quantisation it is stored in where it
-has one (a GGUF's blocks, an MLX folder's packed words), so ``--dtype int4`` on
-the default model computes with its own Q4_1 and Q8_0 weights; float matrices
-are quantised with ``mx.quantize`` to the dtype's width (the embedding and
-output tables to 8 bits). Norms and biases stay float32, as do the activations.
-"""
+In ``int4``/``int8`` every matrix of a quantised checkpoint stays as stored (a
+GGUF's blocks, an MLX folder's packed words, the float matrices of either), so
+``--dtype int4`` on the default model computes with its own Q4_1 and Q8_0
+weights; the matrices of a float checkpoint are quantised with ``mx.quantize``
+to the dtype's width (the embedding and output tables to 8 bits). Norms and
+biases stay float32, as do the activations."""
 
 from __future__ import annotations
 
@@ -59,6 +59,8 @@ class _Loader:
         self.compute = MX_DTYPES[dtype]
         self.group_size = group_size
         self.gguf = bool(source.stored_from_gguf)
+        # An MLX folder keeps the modules its config leaves in floats in floats.
+        self.folder = not self.gguf and any(t.endswith("_MLX") for t in source.stored_types())
         self.parameters = 0
         self.nbytes = 0
         self.sources: dict[str, int] = {}
@@ -93,8 +95,8 @@ class _Loader:
             stored = self.source.stored(name)
             return from_gguf(stored, mx.float32) if stored.quantized else None
         folder = self.source.mlx_quantized(name)
-        if folder is not None:
-            return from_mlx_folder(folder, mx.float32)
+        if folder is not None or self.folder:
+            return None if folder is None else from_mlx_folder(folder, mx.float32)
         return quantize_float(name, self.source.get(name), bits, self.group_size, mx.float32)
 
     def linear(self, name: str, bias: bool, table: bool = False) -> Linear:

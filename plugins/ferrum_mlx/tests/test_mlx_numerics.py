@@ -1,0 +1,120 @@
+"""Logits of the mlx backend against transformers on tiny random models of every family."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ferrum_mlx.model import MlxDecoderLLM
+from mlx_tiny import DECODE, PROMPT, build, hf_logits, relative, run_sequence
+
+from ferrum_core.plugin import DecodeItem, UnifiedItem
+from tests.tiny_models import build_tiny_model
+
+# family, overrides: odd heads + MQA (llama), llama3 rope scaling, a sliding window
+# shorter than the prompt, qwen2 biases with 5:1 GQA, qwen3 q/k norm, tied embeddings.
+CASES = {
+    "llama": ("llama", {}),
+    "llama3": ("llama3", {}),
+    "mistral": ("mistral", {"sliding_window": 4}),
+    "qwen2": ("qwen2", {}),
+    "qwen3": ("qwen3", {}),
+    "llama_tied": ("llama", {"tie_word_embeddings": True, "hidden_size": 64,
+                             "num_attention_heads": 4, "num_key_value_heads": 2}),
+}
+FP32_TOLERANCE = 1e-4
+# Low-precision tolerances (max |diff| relative to max(1, max |logit|)), those of the
+# conformance suite: fp16 2e-2, bf16 6e-2; int8 0.15 and int4 0.3 for weights quantised
+# here from floats with mx.quantize (group 32 on these widths).
+TOLERANCES = {"fp16": 2e-2, "bf16": 6e-2, "int8": 0.15, "int4": 0.3}
+
+Tiny = Callable[[str], tuple[Path, np.ndarray]]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    """``tiny(case)`` -> (directory, oracle logits over PROMPT + DECODE), built once."""
+    cache: dict[str, tuple[Path, np.ndarray]] = {}
+
+    def get(case: str) -> tuple[Path, np.ndarray]:
+        if case not in cache:
+            family, overrides = CASES[case]
+            path = build_tiny_model(tmp_path_factory.mktemp(case), family, **overrides)
+            cache[case] = (path, hf_logits(path, PROMPT + DECODE))
+        return cache[case]
+
+    return get
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fp32_matches_transformers(tiny: Tiny, case: str) -> None:
+    path, want = tiny(case)
+    llm = build(path)
+    assert relative(run_sequence(llm, "a"), want) < FP32_TOLERANCE
+    # Prefill in one call returns the last position's row.
+    assert relative(llm.prefill("b", PROMPT, 0), want[len(PROMPT) - 1]) < FP32_TOLERANCE
+
+
+@pytest.mark.parametrize("dtype", sorted(TOLERANCES))
+@pytest.mark.parametrize("case", ["llama3", "qwen3"])
+def test_low_precision_within_tolerance(tiny: Tiny, case: str, dtype: str) -> None:
+    path, want = tiny(case)
+    llm = build(path, dtype, group_size=32)
+    got = run_sequence(llm, "a")
+    assert got.dtype == np.float32
+    error = relative(got, want)
+    assert error < TOLERANCES[dtype], f"{dtype}: {error:.3g}"
+    if dtype.startswith("int"):
+        assert llm.config.extra["weight_storage"].get("mx.quantize", 0) > 0
+
+
+def test_batched_decode_and_ragged_unified_match_serial(tiny: Tiny) -> None:
+    """Several sequences of different lengths in one call give each its serial logits."""
+    path, want = tiny("mistral")  # the window makes positions matter
+    llm = build(path)
+    llm.prefill("long", PROMPT, 0)
+    llm.prefill("short", PROMPT[:3], 0)
+    rows = llm.decode_batch([DecodeItem("long", DECODE[0], len(PROMPT)),
+                             DecodeItem("short", PROMPT[3], 3)], False)
+    assert relative(rows[0], want[len(PROMPT)]) < FP32_TOLERANCE
+    assert relative(rows[1], want[3]) < FP32_TOLERANCE
+    # A ragged batch: a new sequence's non-final chunk, a final chunk, a decode token.
+    out = llm.unified_forward([
+        UnifiedItem("new", PROMPT[:5], 0, False),
+        UnifiedItem("short", PROMPT[4:8], 4, True),
+        UnifiedItem("long", [DECODE[1]], len(PROMPT) + 1, True),
+    ])
+    assert out[0] is None
+    assert out[1] is not None and relative(out[1], want[7]) < FP32_TOLERANCE
+    assert out[2] is not None and relative(out[2], want[len(PROMPT) + 1]) < FP32_TOLERANCE
+    assert relative(llm.prefill("new", PROMPT[5:], 5), want[len(PROMPT) - 1]) < FP32_TOLERANCE
+
+
+def test_truncate_then_rewrite_and_release(tiny: Tiny) -> None:
+    path, want = tiny("qwen2")
+    llm = build(path)
+    llm.prefill("a", PROMPT, 0)
+    llm.truncate_kv("a", 4)
+    assert relative(llm.forward_verify("a", PROMPT[4:], 4), want[4:len(PROMPT)]) < FP32_TOLERANCE
+    llm.release("a")
+    llm.release("never-seen")
+    assert llm.cache_metrics_snapshot() == {"kv_sequences": 0, "kv_bytes_allocated": 0}
+
+
+def test_kv_grows_in_steps_not_per_token(tiny: Tiny) -> None:
+    """The slabs are pre-allocated in steps: decoding keeps the same capacity."""
+    from ferrum_mlx.kv import KV_STEP
+
+    path, _ = tiny("llama")
+    llm: MlxDecoderLLM = build(path)
+    llm.prefill("a", PROMPT, 0)
+    kv = llm._caches["a"]
+    assert kv.capacity == KV_STEP
+    before = kv.bytes_allocated()
+    for pos in range(len(PROMPT), len(PROMPT) + 5):
+        llm.decode("a", 1, pos)
+    assert (kv.capacity, kv.bytes_allocated()) == (KV_STEP, before)
+    llm.prefill("a", [1] * (KV_STEP - kv.length + 1), kv.length)  # crosses one step
+    assert kv.capacity == 2 * KV_STEP and kv.length == KV_STEP + 1

@@ -1,0 +1,70 @@
+"""Registration, the cheap probe, device choice and typed errors of the mlx backend."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import ferrum_mlx.plugin as plugin
+import pytest
+from ferrum_mlx.factory import MlxExecutorFactory
+
+from ferrum_core.backends import BackendState, create_executor, get_registry
+from ferrum_core.errors import BackendUnavailableError, InvalidInputError, UnsupportedError
+from ferrum_core.protocol import ExecutorConfig
+from ferrum_core.types import DataType
+from tests.tiny_models import build_tiny_gpt2, build_tiny_model
+
+
+def test_registered_on_the_cpu_device_here() -> None:
+    record = get_registry().get("mlx")
+    assert record.state == BackendState.AVAILABLE
+    assert record.priority == plugin.CPU_PRIORITY == 15
+    assert "MLX CPU device" in record.reason
+    caps = record.descriptor.capabilities
+    assert caps is not None and caps.supported_devices == ("cpu",)
+    assert {DataType.INT4, DataType.INT8, DataType.FP32} <= set(caps.supported_dtypes)
+
+
+def test_metal_where_the_platform_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plugin.sys, "platform", "darwin")
+    monkeypatch.setattr(plugin.platform, "machine", lambda: "arm64")
+    assert plugin.default_device() == "metal"
+    assert "Metal GPU" in plugin.probe().reason
+    monkeypatch.setattr(plugin.platform, "machine", lambda: "x86_64")  # an Intel Mac
+    assert plugin.default_device() == "cpu"
+
+
+def test_discovery_and_probe_do_not_import_mlx() -> None:
+    code = ("import sys, ferrum_mlx.plugin as p; r = p.probe(); "
+            "assert r.available, r; assert 'mlx' not in sys.modules, 'mlx imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_executor_reports_the_instance(tmp_path: Path) -> None:
+    path = build_tiny_model(tmp_path, "qwen3")
+    executor = create_executor(ExecutorConfig(model_path=str(path), dtype=DataType.INT8),
+                               backend="mlx")
+    caps = executor.capabilities()
+    assert caps.supports_native_unified_decode
+    assert caps.supported_devices == ("cpu",)
+    assert executor.info().model_id == path.name
+    executor.shutdown()
+
+
+def test_bad_input_is_a_typed_error(tmp_path: Path) -> None:
+    factory = MlxExecutorFactory()
+    gpt2 = build_tiny_gpt2(tmp_path)
+    with pytest.raises(UnsupportedError, match="model type 'gpt2'"):
+        factory.create_executor(ExecutorConfig(model_path=str(gpt2)))
+    with pytest.raises(InvalidInputError, match="group_size"):
+        factory.validate_config(ExecutorConfig(executor_options={"group_size": 16}))
+    with pytest.raises(InvalidInputError, match="runs on cpu or metal"):
+        factory.validate_config(ExecutorConfig(device="cuda:0"))
+    with pytest.raises(BackendUnavailableError, match="no Metal device"):
+        factory.create_executor(ExecutorConfig(device="metal"))
+    # Widths no MLX group divides cannot be quantised from floats: refused, named.
+    odd = build_tiny_model(tmp_path, "llama", hidden_size=24, num_attention_heads=3)
+    with pytest.raises(UnsupportedError, match="cannot quantise tensor"):
+        factory.create_executor(ExecutorConfig(model_path=str(odd), dtype=DataType.INT4))
