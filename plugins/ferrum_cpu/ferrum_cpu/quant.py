@@ -18,6 +18,9 @@ both return the :class:`Nodes` to add to a graph, every name prefixed by
   MLAS has no fp32-activation 8-bit kernel and would dequantise the whole
   matrix on every call. At level 4 (int8 activations) the 8-bit kernel
   exists and is used as is.
+* :func:`embedding`: ``GatherBlockQuantized`` over a GGUF table without free
+  minimums (exact, a quarter of the memory), else ``Gather`` over float32.
+  A tied LM head goes through :func:`linear` with the embedding's tensor.
 """
 
 from __future__ import annotations
@@ -27,14 +30,21 @@ from typing import Literal
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from ferrum_core.errors import UnsupportedError
 from ferrum_core.plugin import StoredTensor, to_float32
 
 from .quant_gguf import GgufWeight, gguf_weight
 from .quant_ort import ort_quantize
-from .quant_pack import NBitsWeight, float_initializer, matmul_nbits, split_nibbles
+from .quant_pack import (
+    MS_DOMAIN,
+    NBitsWeight,
+    float_initializer,
+    matmul_nbits,
+    pack_rows,
+    split_nibbles,
+)
 
 __all__ = ["Mode", "Nodes", "embedding", "linear", "weight_float32"]
 
@@ -114,6 +124,7 @@ def _emit(
     mins: np.ndarray | None,
     bias: np.ndarray | None,
     accuracy_level: int,
+    shared_sums: dict[tuple[str, int], str] | None,
 ) -> Nodes:
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
@@ -139,14 +150,18 @@ def _emit(
         terms.append(name)
     if mins is not None:
         group = weight.k // mins.shape[1]
-        sums = _block_sums(prefix, x, weight.k, group)
+        sums_name = None if shared_sums is None else shared_sums.get((x, group))
+        if sums_name is None:
+            sums = _block_sums(prefix, x, weight.k, group)
+            nodes += sums.nodes
+            inits += sums.initializers
+            sums_name = sums.nodes[-1].output[0]
+            if shared_sums is not None:
+                shared_sums[(x, group)] = sums_name
         mins_t = float_initializer(f"{prefix}.mins", np.ascontiguousarray(mins.T))
-        nodes += sums.nodes
-        inits += [*sums.initializers, mins_t]
+        inits.append(mins_t)
         term = f"{prefix}.min_term"
-        nodes.append(
-            helper.make_node("MatMul", [sums.nodes[-1].output[0], mins_t.name], [term], name=term)
-        )
+        nodes.append(helper.make_node("MatMul", [sums_name, mins_t.name], [term], name=term))
         terms.append(term)
     if len(terms) == 1:  # a single MatMulNBits writes ``out`` itself
         nodes[-1].output[0] = out
@@ -166,12 +181,19 @@ def linear(
     mode: Mode,
     accuracy_level: int = 1,
     block_size: int = 32,
+    shared_sums: dict[tuple[str, int], str] | None = None,
 ) -> Nodes:
     """``out = x @ W.T (+ bias)`` for ``weight`` ``W[N, K]``; ``x`` is
     ``[..., K]`` (rank 2 or 3), ``out`` ``[..., N]``. See the module docs for
     the forms per ``mode``; ``accuracy_level`` goes to ``MatMulNBits``
     (1: fp32 activations, exact; 4: int8 activations) and ``block_size`` is
     the quantiser's block for float weights (GGUF types keep their own).
+
+    ``shared_sums`` (optional): one dict passed to every ``linear`` of a graph,
+    in the order their nodes are added. The block sums of an input that a
+    minimums term needs are then computed once per input (q/k/v, gate/up),
+    by the first linear that needs them; the dict maps ``(x, group)`` to the
+    tensor holding them.
 
     Raises :class:`UnsupportedError` naming the GGUF type and tensor for a
     block type with no exact ``MatMulNBits`` form."""
@@ -186,10 +208,10 @@ def linear(
         return Nodes([matmul, add], [w_t, b])
     if isinstance(weight, StoredTensor) and weight.quantized:
         gguf: GgufWeight = gguf_weight(weight)
-        return _emit(prefix, x, out, gguf.weight, gguf.mins, bias, accuracy_level)
+        return _emit(prefix, x, out, gguf.weight, gguf.mins, bias, accuracy_level, shared_sums)
     bits = 4 if mode == "int4" else 8
     quantised = ort_quantize(weight_float32(weight), bits, block_size)
-    return _emit(prefix, x, out, quantised, None, bias, accuracy_level)
+    return _emit(prefix, x, out, quantised, None, bias, accuracy_level, shared_sums)
 
 
 def embedding(
@@ -200,10 +222,43 @@ def embedding(
     *,
     mode: Mode,
 ) -> Nodes:
-    """``out = W[ids]`` for ``weight`` ``W[vocab, hidden]``: a ``Gather`` over
-    the exact float32 rows in every mode (a lookup reads one row per token, so
-    quantising it saves memory, not time; the values stay those of the file)."""
+    """``out = W[ids]`` for ``weight`` ``W[vocab, hidden]``; ``out`` is
+    ``[*ids.shape, hidden]``.
+
+    In ``int4``/``int8`` a GGUF block type without free minimums (Q4_0, Q5_0,
+    Q8_0, Q6_K: the LM head's usual types) stays as stored, in a
+    ``GatherBlockQuantized`` (exact: ``scale * (code - zero_point)`` in
+    float32, bit-equal to the dequantised table, at a quarter of its memory
+    or less; one row per token, so it costs no time). Everything else is a
+    ``Gather`` over the exact float32 table (a lookup reads one row per
+    token, so quantising float weights would only lose accuracy)."""
     _check(mode, weight, f"embedding {prefix}")
+    if mode != "fp32" and isinstance(weight, StoredTensor) and weight.quantized:
+        gguf = gguf_weight(weight)
+        if gguf.mins is None:
+            return _gather_blocks(prefix, ids, out, gguf.weight)
     table = float_initializer(f"{prefix}.weight", weight_float32(weight))
     node = helper.make_node("Gather", [table.name, ids], [out], name=prefix, axis=0)
     return Nodes([node], [table])
+
+
+def _gather_blocks(prefix: str, ids: str, out: str, weight: NBitsWeight) -> Nodes:
+    codes = numpy_helper.from_array(
+        pack_rows(weight.codes.reshape(weight.n, -1), weight.bits), f"{prefix}.qweight"
+    )
+    scales = float_initializer(f"{prefix}.scales", weight.scales)
+    zeros = numpy_helper.from_array(
+        pack_rows(weight.zero_points, weight.bits), f"{prefix}.zero_points"
+    )
+    node = helper.make_node(
+        "GatherBlockQuantized",
+        [codes.name, ids, scales.name, zeros.name],
+        [out],
+        name=prefix,
+        domain=MS_DOMAIN,
+        gather_axis=0,
+        quantize_axis=1,
+        block_size=weight.block_size,
+        bits=weight.bits,
+    )
+    return Nodes([node], [codes, scales, zeros])
