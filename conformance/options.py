@@ -4,6 +4,10 @@
 ``pytest --ferrum-backend NAME --ferrum-dtype D --ferrum-option key=value``
 set them; each value is parsed as JSON when it parses (``threads=2`` is the
 int 2, ``cpu_kernels=false`` the bool False) and kept as a string otherwise.
+
+A lossy KV cache (executor option ``kv_cache_dtype``, see DESIGN.md "KV dtype")
+rounds every stored key and value, so a run with one is judged at the larger of
+the compute dtype's tolerance and the KV dtype's (:data:`KV_CACHE_TOLERANCE`).
 """
 
 from __future__ import annotations
@@ -17,10 +21,19 @@ from ferrum_core.protocol import ExecutorCapabilities
 from ferrum_core.types import DataType
 
 __all__ = [
-    "DTYPE_CHOICES", "parse_dtype", "parse_option", "parse_options", "preflight", "run_dtype",
+    "DTYPE_CHOICES", "KV_CACHE_TOLERANCE", "kv_tolerance", "parse_dtype", "parse_option",
+    "parse_options", "preflight", "run_dtype",
 ]
 
 DTYPE_CHOICES = tuple(d.value for d in DataType)
+
+KV_CACHE_TOLERANCE: dict[str, float] = {
+    "fp32": 0.0,  # exact storage: the compute dtype's tolerance alone
+    "fp16": 4e-3,  # 11-bit significands: ~8x less rounding than bf16
+    "bf16": 1.5e-2,  # 8-bit significands; fp32 compute measured at <= 5e-3 on the goldens
+}
+"""Relative tolerance a KV cache stored in each dtype needs, whatever the compute dtype
+(``auto``, the compute dtype itself, adds nothing)."""
 
 
 def parse_dtype(text: str) -> DataType:
@@ -54,6 +67,12 @@ def parse_options(texts: Iterable[str]) -> dict[str, Any]:
             raise InvalidInputError(f"executor option {key!r} is given twice")
         options[key] = value
     return options
+
+
+def kv_tolerance(options: dict[str, Any]) -> float:
+    """The tolerance the run's ``kv_cache_dtype`` option needs (0.0: none, or ``auto``)."""
+    value = options.get("kv_cache_dtype")
+    return KV_CACHE_TOLERANCE.get(value.lower(), 0.0) if isinstance(value, str) else 0.0
 
 
 def run_dtype(requested: DataType | None, caps: ExecutorCapabilities | None) -> DataType:

@@ -26,6 +26,8 @@ __all__ = [
     "QUANTISED",
     "TOLERANCE",
     "assert_close",
+    "set_tolerance_floor",
+    "tolerance",
     "tolerance_note",
 ]
 
@@ -152,8 +154,21 @@ def golden_model(name: str) -> GoldenModel:
     return found
 
 
+_FLOOR: list[float] = [0.0]  # the run's least tolerance (a lossy KV cache: options.py)
+
+
+def set_tolerance_floor(value: float) -> None:
+    """Judge this run at no less than ``value`` (see ``options.kv_tolerance``)."""
+    _FLOOR[0] = value
+
+
+def tolerance(dtype: DataType) -> float:
+    """The relative tolerance a check at ``dtype`` applies in this run."""
+    return max(TOLERANCE[dtype], _FLOOR[0])
+
+
 def tolerance_note(dtype: DataType) -> str:
-    return f"{dtype.value} tolerance {TOLERANCE[dtype]:g} relative"
+    return f"{dtype.value} tolerance {tolerance(dtype):g} relative"
 
 
 def assert_close(got: np.ndarray | None, want: np.ndarray, dtype: DataType, what: str) -> None:
@@ -168,9 +183,9 @@ def assert_close(got: np.ndarray | None, want: np.ndarray, dtype: DataType, what
         raise AssertionError(f"{what}: non-finite logits")
     scale = max(1.0, float(np.abs(want).max()))
     err = float(np.abs(got - want).max())
-    limit = TOLERANCE[dtype] * scale
+    limit = tolerance(dtype) * scale
     if err > limit:
         raise AssertionError(
             f"{what}: max |diff| {err:.3g} exceeds the {dtype.value} tolerance {limit:.3g} "
-            f"(relative {err / scale:.3g} > {TOLERANCE[dtype]:g})"
+            f"(relative {err / scale:.3g} > {tolerance(dtype):g})"
         )

@@ -17,11 +17,13 @@ import pytest
 from conformance import CHECKS_DIR
 from conformance.options import (
     DTYPE_CHOICES,
+    kv_tolerance,
     parse_option,
     parse_options,
     preflight,
     run_dtype,
 )
+from conformance.oracle import set_tolerance_floor
 from conformance.report import ConformanceReport, Outcomes, check_id
 from conformance.xfail import XfailTable, load_xfail
 from ferrum_core.errors import FerrumError
@@ -131,6 +133,7 @@ def pytest_configure(config: pytest.Config) -> None:
                   requested_options(config))
     except FerrumError as exc:
         raise pytest.UsageError(str(exc)) from None
+    set_tolerance_floor(kv_tolerance(requested_options(config)))
     if not config.pluginmanager.is_registered(fixtures):
         config.pluginmanager.register(fixtures, "ferrum_conformance_fixtures")
     config.pluginmanager.register(ConformanceSession(config), "ferrum_conformance_session")

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel, Field
 
+from conformance.options import kv_tolerance
 from conformance.oracle import TOLERANCE
 from ferrum_core.types import DataType
 
@@ -60,7 +61,7 @@ class ConformanceReport(BaseModel):
         return cls(
             backend=backend, ferrum_version=ferrum_version, summary=summary, checks=results,
             dtype=dtype.value, executor_options=dict(executor_options or {}),
-            tolerance=TOLERANCE[dtype],
+            tolerance=max(TOLERANCE[dtype], kv_tolerance(dict(executor_options or {}))),
         )
 
     def settings_line(self) -> str:

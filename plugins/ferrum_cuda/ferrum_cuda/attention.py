@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from ferrum_cuda.cpu_kernels import CpuKernels
+from ferrum_cuda.cpu_native.kernels import CpuKernels
 from ferrum_cuda.workspace import DecodeWorkspace, WorkspaceStep
 
 __all__ = ["SeqSpan", "DecodeGroup", "ChunkSpan", "AttentionMetadata", "build_metadata", "attend"]
@@ -160,6 +160,7 @@ def attend(
     """
     k_cache, v_cache = cache
     rows, heads, head_dim = q.shape
+    # A pool in another dtype (kv_cache_dtype) is read back in q's; .to is a no-op otherwise.
     kv_heads = k_cache.shape[1]
     group = heads // kv_heads
     decode = meta.decode
@@ -172,8 +173,8 @@ def attend(
         n = chunk.stop - chunk.start
         qc = q[chunk.start : chunk.stop]
         # 4-D [1, heads, len, dim] everywhere: the fused SDPA kernels want a batch dim.
-        k = _gather(k_cache, chunk.gather).transpose(0, 1).unsqueeze(0)
-        v = _gather(v_cache, chunk.gather).transpose(0, 1).unsqueeze(0)
+        k = _gather(k_cache, chunk.gather).to(q.dtype).transpose(0, 1).unsqueeze(0)
+        v = _gather(v_cache, chunk.gather).to(q.dtype).transpose(0, 1).unsqueeze(0)
         if chunk.mask is None:
             o = _causal(qc.transpose(0, 1).unsqueeze(0), k, v, scale, group)
             out[chunk.start : chunk.stop] = o[0].transpose(0, 1).reshape(n, heads * head_dim)
@@ -199,10 +200,12 @@ def _attend_decode(
     new_k, new_v = new_kv
     if rows != b:
         q, new_k, new_v = q[:b], new_k[:b], new_v[:b]
+    if cache[0].dtype != q.dtype:  # the workspace holds what the pool holds, in q's dtype
+        new_k, new_v = (t.to(cache[0].dtype).to(q.dtype) for t in (new_k, new_v))
     gathered = None
     if decode.gather is not None:
-        k = _gather(cache[0], decode.gather).transpose(1, 2)
-        v = _gather(cache[1], decode.gather).transpose(1, 2)
+        k = _gather(cache[0], decode.gather).to(q.dtype).transpose(1, 2)
+        v = _gather(cache[1], decode.gather).to(q.dtype).transpose(1, 2)
         gathered = (k, v)
     if decode.workspace is not None and decode.step is not None:
         k, v = decode.workspace.keys_values(

@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Literal
 
-from ferrum_core.errors import BackendUnavailableError, InvalidInputError, UnsupportedError
+from ferrum_core.errors import BackendUnavailableError, InvalidInputError
 from ferrum_core.plugin import DataType, ExecutorConfig, ExecutorType
 
 if TYPE_CHECKING:
     import torch
 
-    from ferrum_core.plugin import BatchModelExecutor, LlmExecutor, ModelConfig
+    from ferrum_core.plugin import BatchModelExecutor, LlmExecutor, LoadedModel, ModelConfig
 
 __all__ = ["TorchExecutorFactory", "default_num_blocks"]
 
@@ -39,6 +39,23 @@ def default_num_blocks(
     return max(1, min(wanted, budget_bytes // per_block))
 
 
+KV_CACHE_DTYPES = {"fp32": DataType.FP32, "bf16": DataType.BF16, "fp16": DataType.FP16}
+
+
+def kv_cache_dtype(config: ExecutorConfig) -> DataType:
+    """The executor option ``kv_cache_dtype``: ``auto`` (default) is the compute dtype."""
+    value = config.executor_options.get("kv_cache_dtype", "auto")
+    name = value.lower() if isinstance(value, str) else None
+    if name == "auto":
+        return config.dtype
+    if name in KV_CACHE_DTYPES:
+        return KV_CACHE_DTYPES[name]
+    raise InvalidInputError(
+        f"executor option 'kv_cache_dtype' must be one of auto, {', '.join(KV_CACHE_DTYPES)}, "
+        f"got {value!r}"
+    )
+
+
 def _available_ram() -> int:
     try:
         with open("/proc/meminfo") as handle:
@@ -56,8 +73,9 @@ class TorchExecutorFactory:
     ``executor_options``: ``threads`` (``torch.set_num_threads``),
     ``enable_prefix_caching`` (default on), ``prepack_weights`` (oneDNN-packed
     CPU GEMMs, default on), ``decode_workspace_mb`` (CPU decode workspace
-    budget, default 1024, 0 disables), ``cpu_kernels`` (the fused fp32 CPU kernels of
-    :mod:`ferrum_cuda.cpu_kernels`, default on where a C compiler builds them).
+    budget, default 1024, 0 disables), ``cpu_kernels`` / ``cpu_gemm`` / ``cpu_isa`` (the
+    fused fp32 CPU kernels, see :mod:`ferrum_cuda.cpu_native.settings`), ``kv_cache_dtype``
+    (``auto`` = the compute dtype, ``fp32``, ``bf16``, ``fp16``: the paged KV pool's dtype).
     """
 
     def __init__(self, kind: Literal["cuda", "cpu"] = "cpu") -> None:
@@ -101,21 +119,29 @@ class TorchExecutorFactory:
                 raise InvalidInputError(
                     f"executor option {key!r} must be an int >= {least}, got {value!r}"
                 )
-        for key in ("enable_prefix_caching", "prepack_weights", "cpu_kernels"):
+        for key in ("enable_prefix_caching", "prepack_weights"):
             value = options.get(key)
             if value is not None and not isinstance(value, bool):
                 raise InvalidInputError(f"executor option {key!r} must be a bool, got {value!r}")
+        kv_cache_dtype(config)
+        from ferrum_cuda.cpu_native.settings import NativeOptions
+
+        NativeOptions.from_options(options)
 
     @property
     def _backend(self) -> str:
         return "cuda" if self.kind == "cuda" else "torch"
 
-    def create_executor(self, config: ExecutorConfig) -> LlmExecutor:
+    def create_executor(
+        self, config: ExecutorConfig, *, model: LoadedModel | None = None
+    ) -> LlmExecutor:
+        """``model``: what ``load_model`` produced for ``config`` (else loaded here)."""
         self.validate_config(config)
         import torch
 
         from ferrum_core.plugin import LlmExecutor, load_model, rope_inv_freq
-        from ferrum_cuda.model import TORCH_DTYPES, TorchDecoderLLM
+        from ferrum_cuda.cpu_native.settings import NativeOptions, choose_native
+        from ferrum_cuda.model import TorchDecoderLLM
 
         device = self._torch_device(self.device_for(config))
         options: dict[str, Any] = config.executor_options
@@ -123,12 +149,16 @@ class TorchExecutorFactory:
             torch.set_num_threads(int(options["threads"]))
         from ferrum_cuda.plugin import MODEL_TYPES
 
-        loaded = load_model(config.model_path, max_model_len=config.max_sequence_length,
-                            model_types=MODEL_TYPES)
+        loaded = model if model is not None else load_model(
+            config.model_path, max_model_len=config.max_sequence_length, model_types=MODEL_TYPES
+        )
         cfg = loaded.known_config
-        dtype = TORCH_DTYPES[config.dtype]
         block_size = config.attention_config.block_size or DEFAULT_BLOCK_SIZE
         num_blocks = config.memory_config.num_kv_blocks
+        kv_dtype = kv_cache_dtype(config)
+        native = choose_native(
+            NativeOptions.from_options(options), device.type, config.dtype, kv_dtype
+        )
         try:
             weights = TorchDecoderLLM.load_weights(
                 cfg,
@@ -136,7 +166,7 @@ class TorchExecutorFactory:
                 config.dtype,
                 device,
                 prepack=bool(options.get("prepack_weights", True)),
-                fused_kernels=bool(options.get("cpu_kernels", True)),
+                native=native,
             )
         finally:
             loaded.weights.close()
@@ -145,10 +175,10 @@ class TorchExecutorFactory:
                 cfg,
                 block_size=block_size,
                 max_batch_size=config.max_batch_size,
-                element_size=torch.empty((), dtype=dtype).element_size(),
+                element_size=int(kv_dtype.bytes_per_element),
                 budget_bytes=self._kv_budget(device, config),
             )
-        model = TorchDecoderLLM(
+        llm = TorchDecoderLLM(
             cfg,
             weights,
             rope_inv_freq(cfg),
@@ -160,15 +190,14 @@ class TorchExecutorFactory:
             max_batch_size=config.max_batch_size,
             cuda_graphs=config.optimization_config.enable_cuda_graphs,
             workspace_bytes=int(options.get("decode_workspace_mb", DEFAULT_WORKSPACE_MB)) << 20,
-            fused_kernels=bool(options.get("cpu_kernels", True)),
+            kv_cache_dtype=kv_dtype,
+            native=native,
         )
-        return LlmExecutor(model, model_id=loaded.path.name, model_type=cfg.model_type)
+        return LlmExecutor(llm, model_id=loaded.path.name, model_type=cfg.model_type)
 
     def create_batch_executor(self, config: ExecutorConfig) -> BatchModelExecutor:
-        raise UnsupportedError(
-            f"the {self._backend} backend batches through unified_decode on the executor "
-            "from create_executor; it has no separate BatchModelExecutor"
-        )
+        """``LlmExecutor`` is a ``BatchModelExecutor``: one model call per batch."""
+        return self.create_executor(config)
 
     def _torch_device(self, device: str) -> torch.device:
         import torch

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from ferrum_core.plugin import ModelConfig
 from ferrum_cuda.attention import AttentionMetadata
-from ferrum_cuda.cpu_kernels import CpuKernels, StepDims, StepTensors
-from ferrum_cuda.cpu_step_src import LAYER_FIELDS
+from ferrum_cuda.cpu_native.kernels import CpuKernels, StepDims, StepTensors
+from ferrum_cuda.cpu_native.source import LAYER_FIELDS
 from ferrum_cuda.layers import RopeTables
 from ferrum_cuda.linear import Linear
 from ferrum_cuda.paged_cache import PagedKvPool

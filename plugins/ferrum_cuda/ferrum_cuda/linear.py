@@ -11,12 +11,12 @@ when its fused CPU kernels are on), the weight is instead packed into the
 16-column panels of :meth:`CpuKernels.panel_linear`, which streams the
 weights faster than oneDNN at decode's 1-16 rows and runs about as fast at
 a few dozen; it then serves every row count (one packed copy only).
-``FERRUM_CPU_GEMM=0`` (or a CPU without AVX-512 or AVX2) keeps oneDNN.
+The executor option ``cpu_gemm=false`` (or ``FERRUM_CPU_GEMM=0``, or a CPU without
+AVX-512 or AVX2) keeps oneDNN (see :mod:`ferrum_cuda.cpu_native.settings`).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -24,8 +24,9 @@ from contextvars import ContextVar
 import torch
 import torch.nn.functional as F
 
-from ferrum_cuda.cpu_build import gemm_isa
-from ferrum_cuda.cpu_kernels import CpuKernels
+from ferrum_cuda.cpu_native.isa import gemm_isa
+from ferrum_cuda.cpu_native.kernels import CpuKernels
+from ferrum_cuda.cpu_native.settings import env_bool
 
 __all__ = [
     "Linear",
@@ -48,14 +49,16 @@ def onednn_available() -> bool:
 
 
 def panel_gemm_enabled() -> bool:
-    """Tiles exist for AVX-512 and AVX2 (+FMA); elsewhere (or ``FERRUM_CPU_GEMM=0``) oneDNN."""
-    return os.environ.get("FERRUM_CPU_GEMM", "1") != "0" and gemm_isa() is not None
+    """Whether a model built with default options packs panels: tiles exist for AVX-512 and
+    AVX2 (+FMA); elsewhere (or ``FERRUM_CPU_GEMM=0``) oneDNN."""
+    return env_bool("FERRUM_CPU_GEMM") is not False and gemm_isa() is not None
 
 
 @contextmanager
 def use_panel_kernels(kernels: CpuKernels | None) -> Iterator[None]:
-    """Linears prepacked inside this block use ``kernels``' panel GEMM (fp32 CPU only)."""
-    token = _PANELS.set(kernels if panel_gemm_enabled() else None)
+    """Linears prepacked inside this block use ``kernels``' panel GEMM (fp32 CPU only;
+    ``None``: oneDNN). The caller decides (:class:`~ferrum_cuda.cpu_native.settings.NativeUse`)."""
+    token = _PANELS.set(kernels)
     try:
         yield
     finally:

@@ -20,7 +20,6 @@ from ferrum_core.plugin import (
     ActiveLoraAdapter,
     AppendRequest,
     AppendResult,
-    AttentionType,
     DataType,
     DecodeItem,
     KvBlockManager,
@@ -30,8 +29,9 @@ from ferrum_core.plugin import (
 )
 from ferrum_cuda.attention import build_metadata
 from ferrum_cuda.batch import StepBatch, Work
-from ferrum_cuda.cpu_kernels import cpu_kernels
+from ferrum_cuda.cpu_native.settings import NativeOptions, NativeUse, choose_native
 from ferrum_cuda.cuda_graphs import DecodeGraphs
+from ferrum_cuda.describe import runtime_config
 from ferrum_cuda.layers import RopeTables
 from ferrum_cuda.linear import use_panel_kernels
 from ferrum_cuda.lora import LoraBatch, LoraRegistry
@@ -66,11 +66,19 @@ class TorchDecoderLLM:
         cuda_graphs: bool = True,
         workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
         fused_kernels: bool = True,
+        kv_cache_dtype: DataType | None = None,
+        native: NativeUse | None = None,
     ) -> None:
+        """``kv_cache_dtype``: the paged pool's dtype (``None``: ``dtype``). ``native``: the
+        CPU kernels to use (default: those ``fused_kernels`` asks for)."""
         self.model_config = cfg
         self.dtype = dtype
+        self.kv_dtype = kv_cache_dtype or dtype
         self.device = device
         self.weights = weights
+        self.native = native or choose_native(
+            NativeOptions(kernels=fused_kernels), device.type, dtype, self.kv_dtype
+        )
         self.manager = KvBlockManager(
             num_blocks, block_size, enable_prefix_caching=enable_prefix_caching
         )
@@ -80,14 +88,15 @@ class TorchDecoderLLM:
             block_size=block_size,
             num_kv_heads=cfg.num_key_value_heads,
             head_dim=cfg.head_dim,
-            dtype=TORCH_DTYPES[dtype],
+            dtype=TORCH_DTYPES[self.kv_dtype],
             device=device,
         )
         positions = min(cfg.max_model_len, self.manager.max_tokens_per_sequence)
         rope = RopeTables(inv_freq, positions, TORCH_DTYPES[dtype], device)
-        fp32_cpu = device.type == "cpu" and dtype == DataType.FP32
-        self.kernels = cpu_kernels() if fp32_cpu and fused_kernels else None
-        self.transformer = Transformer(cfg, weights, rope, self.pool, self.kernels)
+        self.kernels = self.native.kernels
+        self.transformer = Transformer(
+            cfg, weights, rope, self.pool, self.kernels, kv_fused=self.native.kv_fused
+        )
         self._group = cfg.num_attention_heads // cfg.num_key_value_heads
         self.lora = LoraRegistry(cfg, TORCH_DTYPES[dtype], device)
         self.workspace = None
@@ -105,28 +114,11 @@ class TorchDecoderLLM:
             if cuda_graphs and device.type == "cuda"
             else None
         )
-        on_gpu = (AttentionType.FLASH,) if device.type == "cuda" else ()
-        self._runtime = LlmRuntimeConfig(
-            hidden_size=cfg.hidden_size,
-            num_layers=cfg.num_hidden_layers,
-            num_heads=cfg.num_attention_heads,
-            num_kv_heads=cfg.num_key_value_heads,
-            head_dim=cfg.head_dim,
-            vocab_size=cfg.vocab_size,
-            max_seq_len=cfg.max_model_len,
-            intermediate_size=cfg.intermediate_size,
-            num_parameters=weights.num_parameters,
-            dtype=dtype,
-            device=str(device) if device.type == "cpu" else f"cuda:{device.index or 0}",
-            max_batch_size=max_batch_size,
-            sliding_window=cfg.sliding_window,
-            supported_dtypes=(DataType.FP32, DataType.FP16, DataType.BF16),
-            attention_mechanisms=on_gpu,
-            paged_kv=True,
-            prefix_caching=enable_prefix_caching,
-            supports_lora=True,
+        self._runtime = runtime_config(
+            cfg, weights.num_parameters, dtype=dtype, device=device,
+            max_batch_size=max_batch_size, prefix_caching=enable_prefix_caching,
             extra={"block_size": block_size, "num_kv_blocks": num_blocks},
-        )
+        )  # fmt: skip
 
     @classmethod
     def from_source(
@@ -140,9 +132,14 @@ class TorchDecoderLLM:
         **kwargs: Any,
     ) -> TorchDecoderLLM:
         prepack = bool(kwargs.pop("prepack", True))
-        fused = bool(kwargs.get("fused_kernels", True))
-        weights = cls.load_weights(cfg, source, dtype, device, prepack=prepack, fused_kernels=fused)
-        return cls(cfg, weights, inv_freq, dtype=dtype, device=device, **kwargs)
+        options = NativeOptions(
+            kernels=bool(kwargs.pop("fused_kernels", True)),
+            gemm=bool(kwargs.pop("cpu_gemm", True)),
+            isa=str(kwargs.pop("cpu_isa", "auto")),
+        )
+        native = choose_native(options, device.type, dtype, kwargs.get("kv_cache_dtype") or dtype)
+        weights = cls.load_weights(cfg, source, dtype, device, prepack=prepack, native=native)
+        return cls(cfg, weights, inv_freq, dtype=dtype, device=device, native=native, **kwargs)
 
     @staticmethod
     def load_weights(
@@ -152,12 +149,11 @@ class TorchDecoderLLM:
         device: torch.device,
         *,
         prepack: bool = True,
-        fused_kernels: bool = True,
+        native: NativeUse | None = None,
     ) -> ModelWeights:
-        """``fused_kernels``: fp32 CPU linears use the panel GEMM of the fused kernels."""
-        fp32_cpu = device.type == "cpu" and dtype == DataType.FP32
-        kernels = cpu_kernels() if fp32_cpu and fused_kernels and prepack else None
-        with use_panel_kernels(kernels):
+        """``native``: where it has the panel GEMM on, fp32 CPU linears use it."""
+        panels = native.kernels if native is not None and native.gemm and prepack else None
+        with use_panel_kernels(panels):
             return load_weights(cfg, source, TORCH_DTYPES[dtype], device, prepack=prepack)
 
     # -- DecoderOnlyLLM --------------------------------------------------------------------
@@ -207,6 +203,8 @@ class TorchDecoderLLM:
     def cache_metrics_snapshot(self) -> dict[str, Any] | None:
         metrics: dict[str, Any] = dict(self.manager.metrics())
         metrics["kv_bytes_per_block"] = self.pool.bytes_per_block()
+        metrics["kv_cache_dtype"] = self.kv_dtype.value
+        metrics["cpu_kernels"] = self.native.report()
         if self.workspace is not None:
             metrics["decode_workspace_reuses"] = self.workspace.reuses
             metrics["decode_workspace_rebuilds"] = self.workspace.rebuilds
@@ -284,7 +282,7 @@ class TorchDecoderLLM:
             sliding_window=self.model_config.sliding_window,
             device=device,
             workspace=self.workspace,
-            kernels=self.kernels,
+            kernels=self.kernels if self.native.kv_fused else None,
         )
         rows = None
         if step.logit_rows != list(range(len(step.ids))):

@@ -58,6 +58,13 @@ def _cuda_factory() -> TorchExecutorFactory:
     return TorchExecutorFactory("cuda")
 
 
+def _torch_details() -> dict[str, object]:
+    """``ferrum info torch --json``: the CPU kernels' ISA and build cache (no torch import)."""
+    from ferrum_cuda.cpu_native.settings import native_details
+
+    return native_details()
+
+
 def _torch_factory() -> TorchExecutorFactory:
     from ferrum_cuda.factory import TorchExecutorFactory
 
@@ -83,6 +90,7 @@ def ferrum_register_backends(register: RegisterBackend) -> None:
         priority=TORCH_PRIORITY,
         capabilities=static_capabilities("cpu"),
         api_version=FERRUM_API_VERSION,
+        details=_torch_details,
         description="PyTorch on the CPU: the cuda backend's executor (paged KV, prefix "
         "cache, native unified decode, LoRA)",
     )

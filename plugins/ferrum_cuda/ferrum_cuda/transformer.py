@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ferrum_core.plugin import ModelConfig
 from ferrum_cuda.attention import AttentionMetadata, attend
-from ferrum_cuda.cpu_kernels import CpuKernels
+from ferrum_cuda.cpu_native.kernels import CpuKernels
 from ferrum_cuda.fused_step import FusedDecodeStep
 from ferrum_cuda.layers import RopeTables, activation, apply_rope, rms_norm
 from ferrum_cuda.paged_cache import PagedKvPool
@@ -44,7 +44,10 @@ class Transformer:
         rope: RopeTables,
         pool: PagedKvPool,
         kernels: CpuKernels | None = None,
+        *,
+        kv_fused: bool = True,
     ) -> None:
+        """``kv_fused``: ``kernels`` also store K/V and attend (the pool is fp32)."""
         self.cfg = cfg
         self.weights = weights
         self.rope = rope
@@ -54,7 +57,7 @@ class Transformer:
         # The fused CPU kernels (fp32 only) where they cover the model's layer.
         self.kernels = kernels
         self._norm = kernels.rms_norm if kernels is not None else rms_norm
-        self._fused_rope = kernels is not None and not cfg.qk_norm
+        self._fused_rope = kernels is not None and kv_fused and not cfg.qk_norm
         self._fused_act = kernels is not None and cfg.hidden_act in ("silu", "swish")
         self._caches = [pool.layer(i) for i in range(cfg.num_hidden_layers)]
         # Pure decode steps over the workspace run as one C call where the kernels cover all.
@@ -111,8 +114,9 @@ class Transformer:
                 assert cos is not None and sin is not None
                 qk = apply_rope(qk, cos, sin)
                 k, v = qk[:, nh:], qkv[:, nh + nkv :]
-                cache[0].index_copy_(0, meta.slot_mapping, k)
-                cache[1].index_copy_(0, meta.slot_mapping, v)
+                # .to: the pool may hold another dtype (kv_cache_dtype); a no-op otherwise.
+                cache[0].index_copy_(0, meta.slot_mapping, k.to(cache[0].dtype))
+                cache[1].index_copy_(0, meta.slot_mapping, v.to(cache[1].dtype))
             attn = attend(qk[:, :nh], (k, v), cache, meta, self.scale, index)
             o = lw.o(attn)
             if lora is not None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ferrum_cuda.cpu_kernels import CpuKernels
+from ferrum_cuda.cpu_native.kernels import CpuKernels
 
 __all__ = ["WorkspaceStep", "DecodeWorkspace"]
 

@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-from ferrum_cuda.kernel_cache import record_library, verify_library
+from ferrum_cuda.cpu_native.cache import record_library, verify_library
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="no C compiler")
 
 _BUILD = (
     "import sys\n"
-    "from ferrum_cuda.cpu_build import build_library, build_failure, library_path\n"
+    "from ferrum_cuda.cpu_native.build import build_library, build_failure, library_path\n"
     "lib = build_library()\n"
     "print(library_path()); print(lib is not None); print(build_failure())\n"
 )
@@ -68,7 +68,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
             [
                 sys.executable,
                 "-c",
-                "from ferrum_cuda.cpu_build import library_path as p; print(p())",
+                "from ferrum_cuda.cpu_native.build import library_path as p; print(p())",
             ],
             env={**os.environ, "FERRUM_HOME": str(home)},
             capture_output=True,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from ferrum_cuda.cpu_kernels import CpuKernels, cpu_kernels
+from ferrum_cuda.cpu_native.kernels import CpuKernels, cpu_kernels
 from ferrum_cuda.layers import RopeTables, apply_rope
 from ferrum_cuda.linear import Linear, panel_gemm_enabled, use_panel_kernels
 from torch_tiny import TinyModel, prompt
@@ -167,8 +167,8 @@ def test_avx2_build_passes_the_same_tests(kernels: CpuKernels) -> None:
     env = {**os.environ, "FERRUM_CPU_ISA": "avx2", "FERRUM_CPU_GEMM": "1"}
     script = (
         "import sys, pytest\n"
-        "from ferrum_cuda.cpu_build import gemm_isa\n"
-        "from ferrum_cuda.cpu_kernels import cpu_kernels\n"
+        "from ferrum_cuda.cpu_native.isa import gemm_isa\n"
+        "from ferrum_cuda.cpu_native.kernels import cpu_kernels\n"
         "assert gemm_isa() == 'avx2' and cpu_kernels() is not None\n"
         "sys.exit(pytest.main(sys.argv[1:]))\n"
     )

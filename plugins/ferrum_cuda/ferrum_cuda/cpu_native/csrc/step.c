@@ -1,21 +1,8 @@
-"""C source of the whole fp32 decode step: every layer of a pure decode batch in one call.
-
-It strings together the kernels of :mod:`ferrum_cuda.cpu_kernels_src` and the
-panel GEMM in the order of ``Transformer.forward``, so a step costs one ctypes
-call instead of about ten per layer, and each GEMM prefetches the next one's
-first weights. Appended after both sources (it calls their functions).
-"""
-
-__all__ = ["STEP_SOURCE", "LAYER_FIELDS"]
-
-# Pointers per layer in the table passed to ferrum_decode_step, in this order.
-# ``next_norm``: the next layer's input norm, or the final norm after the last layer.
-LAYER_FIELDS = ("wqkv", "bqkv", "wo", "bo", "wgu", "bgu", "wd", "bd", "post_norm",
-                "next_norm", "kpool", "vpool")  # fmt: skip
-
-_ENUM = "enum { " + ", ".join(f"F_{name.upper()}" for name in LAYER_FIELDS) + ", F_COUNT };"
-
-STEP_SOURCE = _ENUM + r"""
+/* The whole fp32 decode step: every layer of a pure decode batch in one call; included
+   by ferrum_cpu.c after the kernels it strings together (elementwise.c, attention.c,
+   gemm.c), in the order of Transformer.forward, so a step costs one ctypes call instead
+   of about ten per layer, and each GEMM prefetches the next one's first weights. */
+#include "gen_layer_fields.h"
 
 static inline int64_t panel_bytes(int64_t n, int64_t k) { return (n + 15) / 16 * k * 64; }
 
@@ -72,4 +59,3 @@ void ferrum_decode_step(const int64_t* table, int64_t layers, const float* norm0
     ferrum_panel_gemm(h, hidden, lm_head, NULL, logits, vocab, batch, vocab, hidden, first,
                       panel_bytes(wqkv, hidden));
 }
-"""

@@ -1,28 +1,30 @@
-"""Fused fp32 CPU kernels for the decode path, compiled once with the system C compiler.
+"""Fused fp32 CPU kernels for the decode path: typed wrappers over the compiled C.
 
 In a decode step of a few sequences every torch op outside the GEMMs costs more
 in dispatch than in arithmetic, and small-query attention is slow in SDPA and in
 batched GEMMs. These kernels do RMSNorm, rotary embedding + KV store,
 single-query attention and SiLU-gating in one call each; a small-M GEMM on
 16-column weight panels serves the linears (:mod:`ferrum_cuda.linear`). Plain C
-with torch's OpenMP, built by :mod:`ferrum_cuda.cpu_build` (loaded only after
-owner, mode and recorded sha256 check out), checked against torch once, skipped
-without a compiler or on a failed build (one stderr line with the compiler's
-message) or check. ``FERRUM_CPU_KERNELS=0`` turns them off.
+(``csrc/``) with torch's OpenMP, built by :mod:`ferrum_cuda.cpu_native.build`
+(loaded only after owner, mode and recorded sha256 check out), checked against
+torch once (:mod:`ferrum_cuda.cpu_native.selfcheck`); :func:`cpu_kernels` is
+``None`` without a compiler, on a failed build or check, and
+:func:`kernels_problem` says why.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 import subprocess
 from dataclasses import dataclass
 
 import torch
 
-from ferrum_cuda.cpu_build import build_library
+from ferrum_cuda.cpu_native.build import build_failure, build_library
+from ferrum_cuda.cpu_native.isa import Isa, resolve_isa
 
-__all__ = ["CpuKernels", "StepDims", "StepTensors", "cpu_kernels"]
+__all__ = ["CpuKernels", "StepDims", "StepTensors", "cpu_kernels", "kernels_problem"]
+
 
 @dataclass(frozen=True, slots=True)
 class StepDims:
@@ -243,59 +245,31 @@ def _same_rows(a: torch.Tensor, b: torch.Tensor) -> bool:
     )
 
 
-_LOADED: list[CpuKernels | None] = []
+_LOADED: dict[Isa, tuple[CpuKernels | None, str | None]] = {}
 
 
-def cpu_kernels() -> CpuKernels | None:
-    """The compiled kernels, or ``None`` (no compiler, disabled, or failed the check)."""
-    if not _LOADED:
-        kernels = None
-        if os.environ.get("FERRUM_CPU_KERNELS", "1") != "0":
-            try:
-                lib = build_library()
-            except (OSError, subprocess.SubprocessError):
-                lib = None
-            if lib is not None:
-                kernels = CpuKernels(lib)
-                if not _self_check(kernels):
-                    kernels = None
-        _LOADED.append(kernels)
-    return _LOADED[0]
+def cpu_kernels(isa: Isa | None = None) -> CpuKernels | None:
+    """The compiled kernels for ``isa`` (default: :func:`resolve_isa`), built and checked
+    once per process; ``None`` when they cannot be used (:func:`kernels_problem` says why)."""
+    from ferrum_cuda.cpu_native.selfcheck import self_check
+
+    isa = isa or resolve_isa()
+    if isa not in _LOADED:
+        problem: str | None
+        try:
+            lib = build_library(isa)
+        except (OSError, subprocess.SubprocessError) as exc:
+            lib, problem = None, f"the build raised {type(exc).__name__}: {exc}"
+        else:
+            problem = build_failure()
+        kernels = None if lib is None else CpuKernels(lib)
+        if kernels is not None and not self_check(kernels):
+            kernels, problem = None, "the compiled kernels disagree with torch (self-check)"
+        _LOADED[isa] = (kernels, problem if kernels is None else None)
+    return _LOADED[isa][0]
 
 
-def _self_check(kernels: CpuKernels) -> bool:
-    """Compare every kernel with the torch ops it replaces on a small random case."""
-    import torch.nn.functional as F
-
-    gen = torch.Generator().manual_seed(0)
-    with torch.inference_mode():
-        x = torch.randn(5, 40, generator=gen)
-        w = torch.randn(40, generator=gen)
-        ok = torch.allclose(kernels.rms_norm(x, w, 1e-5), F.rms_norm(x, (40,), w, 1e-5),
-                            atol=1e-5)  # fmt: skip
-        x2, delta = x.clone(), torch.randn(5, 40, generator=gen)
-        normed = kernels.add_rms_norm(x2, delta, w, 1e-5)
-        ok &= torch.allclose(x2, x + delta) and torch.allclose(
-            normed, F.rms_norm(x + delta, (40,), w, 1e-5), atol=1e-5
-        )
-        gu = torch.randn(5, 64, generator=gen) * 4
-        ok &= torch.allclose(kernels.silu_mul(gu), F.silu(gu[:, :32]) * gu[:, 32:], atol=1e-5)
-        for d, width in ((8, 16), (64, 40)):  # the generic and the unrolled head dims
-            q = torch.randn(3, 6, d, generator=gen)
-            k = torch.randn(3, 2, width, d, generator=gen)
-            v = torch.randn(3, 2, width, d, generator=gen)
-            bounds = torch.tensor([[0, width], [2, width - 3], [0, 1]])
-            pos = torch.arange(width)
-            mask = (pos >= bounds[:, :1]) & (pos < bounds[:, 1:])
-            want = F.scaled_dot_product_attention(
-                q.view(3, 2, 3, d), k, v, attn_mask=mask[:, None, None, :], scale=0.3
-            ).reshape(3, 6 * d)
-            got = kernels.decode_attention(q, k, v, bounds, 0.3)
-            ok &= got is not None and torch.allclose(got, want, atol=1e-5)
-        w, b = torch.randn(37, 21, generator=gen), torch.randn(37, generator=gen)
-        panels = kernels.pack_panels(w)
-        for rows in (1, 5, 8, 13, 16, 19):  # every tile shape, and more rows than one tile
-            x = torch.randn(rows, 21, generator=gen)
-            ok &= torch.allclose(kernels.panel_linear(x, panels, 37, b), F.linear(x, w, b),
-                                 atol=1e-4)  # fmt: skip
-    return bool(ok)
+def kernels_problem(isa: Isa | None = None) -> str | None:
+    """Why :func:`cpu_kernels` gave ``None`` for ``isa`` (``None``: they load, or were not
+    tried yet)."""
+    return _LOADED.get(isa or resolve_isa(), (None, None))[1]

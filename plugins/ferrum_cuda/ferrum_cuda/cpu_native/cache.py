@@ -22,7 +22,13 @@ from pathlib import Path
 
 from ferrum_core.plugin import file_sha256, trust_problem, write_private_file
 
-__all__ = ["compile_dying_with_parent", "record_library", "shorten", "verify_library"]
+__all__ = [
+    "compile_dying_with_parent",
+    "record_library",
+    "record_path",
+    "shorten",
+    "verify_library",
+]
 
 
 def record_path(library: Path) -> Path:

@@ -1,20 +1,6 @@
-"""The C source of :mod:`ferrum_cuda.cpu_kernels` (fp32, one row-major layout each).
-
-Plain C99 plus GCC vector extensions and OpenMP pragmas: built with ``-O3
--march=native``, never ``-ffast-math``; exp is a vectorisable polynomial.
-"""
-
-from ferrum_cuda.cpu_attention_src import attention_source
-from ferrum_cuda.cpu_gemm_src import gemm_source
-from ferrum_cuda.cpu_step_src import STEP_SOURCE
-
-__all__ = ["kernel_source"]
-
-_BASE = r"""
-#include <math.h>
-#include <omp.h>
-#include <stdint.h>
-#include <string.h>
+/* Elementwise fp32 kernels of the decode path: RMSNorm (with the residual add), SiLU
+   gating, rotary embedding with the KV store, the decode workspace's new column.
+   One row-major layout each; included by ferrum_cpu.c. */
 
 /* exp for softmax / SiLU arguments, vectorisable (Cephes' expf, ~1 ulp). */
 static inline float fexp(float x) {
@@ -123,13 +109,3 @@ void ferrum_store_columns(const float* ksrc, const float* vsrc, int64_t ssb, flo
         }
     }
 }
-
-typedef float v16 __attribute__((vector_size(64), aligned(4)));
-typedef int32_t i16 __attribute__((vector_size(64)));
-"""
-
-
-
-def kernel_source(wide: bool) -> str:
-    """All kernels; register tiles for AVX-512 (``wide``) or for 16 narrower registers."""
-    return _BASE + attention_source(wide) + gemm_source(wide) + STEP_SOURCE
