@@ -44,7 +44,8 @@ load ``config.model_path`` yourself. A factory whose ``create_executor`` has no
 ``model`` parameter (API version 1 as first published) still works: the core
 passes ``model`` only where the signature takes it. ``create_batch_executor``
 returns a :class:`BatchModelExecutor` (``LlmExecutor`` is one), and
-``supported_types()`` lists only the :class:`ExecutorType` values that work.
+``supported_types()`` lists only the :class:`ExecutorType` values that work:
+``executor_types_for(CAPABILITIES)`` derives them from your static declaration.
 Most backends load the model with :func:`load_model`,
 implement the model math as a :class:`DecoderOnlyLLM` and wrap it in
 :class:`LlmExecutor`, which supplies every executor semantic (cache ids,
@@ -195,6 +196,7 @@ from ferrum_core.protocol import (
     UnifiedBatch,
     UnifiedBatchItem,
     UnifiedLogits,
+    executor_types_for,
 )
 from ferrum_core.types import DataType, Device, ModelInfo, parse_device
 
@@ -296,6 +298,7 @@ __all__ = [
     "UnifiedBatch",
     "UnifiedBatchItem",
     "UnifiedLogits",
+    "executor_types_for",
     "HostTensor",
     "TensorRef",
     # the model-math contract and its executor

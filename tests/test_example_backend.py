@@ -9,7 +9,13 @@ import pytest
 
 from ferrum_core.backends import create_executor, get_backend
 from ferrum_core.errors import UnsupportedError
-from ferrum_core.protocol import DecodeInput, ExecutorConfig, PrefillInput
+from ferrum_core.protocol import (
+    BatchModelExecutor,
+    DecodeInput,
+    ExecutorConfig,
+    ExecutorType,
+    PrefillInput,
+)
 from ferrum_core.tensor import HostTensor
 from ferrum_core.types import DataType
 
@@ -92,6 +98,27 @@ def test_executor_through_registry(tiny: tuple[Path, np.ndarray, np.ndarray]) ->
         handle = step.kv_cache
     assert not executor.supports_native_unified_decode()
     executor.shutdown()
+
+
+def test_create_batch_executor_batches_in_one_call(tmp_path: Path) -> None:
+    model_dir = build_tiny_model(tmp_path, "llama", seed=3, tie_word_embeddings=True)
+    prefill, decode = _oracle(model_dir)
+    factory = get_backend("example").factory()
+    assert ExecutorType.BATCH in factory.supported_types()
+    batch = factory.create_batch_executor(ExecutorConfig(model_path=str(model_dir)))
+    assert isinstance(batch, BatchModelExecutor) and batch.supports_batch_size(2)
+    prompts = [PROMPT, PROMPT[:6]]
+    outs = batch.batch_prefill(
+        [PrefillInput(HostTensor(np.asarray([p], dtype=np.int64))) for p in prompts]
+    )
+    _assert_close(outs[0].last_token_logits().to_numpy()[0], prefill[-1])
+    _assert_close(outs[1].last_token_logits().to_numpy()[0], prefill[5])
+    steps = batch.batch_decode(
+        [DecodeInput(HostTensor(np.asarray([[STEPS[0]]])), o.kv_cache) for o in outs]
+    )
+    _assert_close(steps[0].logits.to_numpy()[0], decode[0])
+    assert [s.kv_cache.sequence_length for s in steps] == [len(PROMPT) + 1, 7]
+    batch.shutdown()
 
 
 def test_plugin_descriptor() -> None:

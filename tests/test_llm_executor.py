@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -19,6 +20,7 @@ from ferrum_core.errors import (
 from ferrum_core.llm import LlmExecutor
 from ferrum_core.llm.metadata import ProfileFlags
 from ferrum_core.protocol import (
+    BatchModelExecutor,
     DecodeInput,
     ExecutorState,
     PrefillInput,
@@ -255,6 +257,61 @@ def test_profiling_prints_when_enabled(monkeypatch: pytest.MonkeyPatch, capsys) 
     ex = LlmExecutor(ToyLlm())
     prefill(ex, [1, 2])
     assert "[batch-prefill] n_items=1 total_q=2" in capsys.readouterr().err
+
+
+def test_batch_decode_profile_prints_the_references_line_every_8th_call(
+    monkeypatch: pytest.MonkeyPatch, capsys  # type: ignore[no-untyped-def]
+) -> None:
+    monkeypatch.setenv("FERRUM_BATCH_DECODE_PROF", "1")
+    ex = LlmExecutor(ToyLlm())
+    handles = [prefill(ex, [1, 2]).kv_cache, prefill(ex, [3]).kv_cache]
+    capsys.readouterr()
+    for step in range(17):
+        outs = ex.batch_decode([decode_input(4 + step, h) for h in handles])
+        handles = [o.kv_cache for o in outs]
+    lines = capsys.readouterr().err.splitlines()
+    pattern = re.compile(
+        r"\[exec-batch-decode-prof\] call#(\d+) m=2 total=\d+us prep=\d+us"
+        r" model_block=\d+us\(lock_acq=\d+us model_call=\d+us\) wrap=\d+us"
+    )
+    matches = [pattern.fullmatch(line) for line in lines]
+    assert all(matches), lines
+    assert [int(m.group(1)) for m in matches if m] == [0, 8, 16]
+    monkeypatch.delenv("FERRUM_BATCH_DECODE_PROF")
+    quiet = LlmExecutor(ToyLlm())
+    quiet.batch_decode([decode_input(5, prefill(quiet, [1]).kv_cache)])
+    assert "exec-batch-decode-prof" not in capsys.readouterr().err
+
+
+def test_llm_executor_is_a_batch_model_executor() -> None:
+    ex = LlmExecutor(ToyLlm(max_batch_size=3))
+    assert isinstance(ex, BatchModelExecutor)
+    assert ex.optimal_batch_size() == 3
+    assert [ex.supports_batch_size(n) for n in (0, 1, 3, 4)] == [False, True, True, False]
+    handles = [prefill(ex, [i + 1]).kv_cache for i in range(4)]
+    with pytest.raises(CapacityError):
+        ex.batch_decode([decode_input(9, h) for h in handles])
+    outs = ex.batch_decode([decode_input(9, h) for h in handles[:3]])  # the size it supports
+    assert [o.kv_cache.sequence_length for o in outs] == [2, 2, 2]
+
+
+def test_truncate_kv_for_cache_id_rolls_back_by_id() -> None:
+    model = ToyLlm()
+    ex = LlmExecutor(model)
+    handle = prefill(ex, [1, 2, 3, 4]).kv_cache
+    ex.truncate_kv_for_cache_id(handle.cache_id, 2)
+    assert model.history[handle.cache_id] == [1, 2]
+    with pytest.raises(InvalidInputError, match="stale"):
+        ex.decode(decode_input(7, handle))  # the old handle says 4
+    out = ex.decode(decode_input(7, handle.with_sequence_length(2)))
+    np.testing.assert_allclose(out.logits.to_numpy()[0], history_logits([1, 2, 7]))
+    with pytest.raises(InvalidInputError, match="cannot truncate"):
+        ex.truncate_kv_for_cache_id(handle.cache_id, 4)
+    with pytest.raises(UnknownCacheError):
+        ex.truncate_kv_for_cache_id("llm-cache-99", 0)
+    ex.shutdown()
+    with pytest.raises(ExecutorStateError):
+        ex.truncate_kv_for_cache_id(handle.cache_id, 0)
 
 
 def test_status_state_machine_and_shutdown() -> None:

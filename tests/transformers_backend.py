@@ -17,6 +17,7 @@ import numpy as np
 from ferrum_core.backends import BackendDescriptor  # test wiring, not plugin code
 from ferrum_core.plugin import (
     AttentionType,
+    BatchModelExecutor,
     DataType,
     DecodeItem,
     ExecutorCapabilities,
@@ -25,10 +26,10 @@ from ferrum_core.plugin import (
     LlmExecutor,
     LlmRuntimeConfig,
     LoadedModel,
-    ModelExecutor,
     ProbeResult,
     UnifiedItem,
     UnsupportedError,
+    executor_types_for,
     load_model,
 )
 
@@ -126,7 +127,7 @@ class TransformersFactory:
 
     def create_executor(
         self, config: ExecutorConfig, *, model: LoadedModel | None = None
-    ) -> ModelExecutor:
+    ) -> LlmExecutor:
         import torch
         import transformers
 
@@ -144,11 +145,11 @@ class TransformersFactory:
         return LlmExecutor(HistoryLLM(model, loaded.raw_config), model_id=loaded.path.name,
                            model_type=loaded.model_type)
 
-    def create_batch_executor(self, config: ExecutorConfig) -> Any:
-        raise UnsupportedError("no batch executor")
+    def create_batch_executor(self, config: ExecutorConfig) -> BatchModelExecutor:
+        return self.create_executor(config)
 
     def supported_types(self) -> list[ExecutorType]:
-        return [ExecutorType.SEQUENTIAL]
+        return executor_types_for(CAPABILITIES)
 
 
 def descriptor(name: str = "hf-families") -> BackendDescriptor:

@@ -59,6 +59,13 @@ class CacheTable:
                 f" holds {live} (use the handle the last call returned)"
             )
 
+    def length(self, cache_id: str) -> int:
+        """How many positions ``cache_id`` holds (UnknownCacheError if none)."""
+        live = self._lengths.get(cache_id)
+        if live is None:
+            raise UnknownCacheError(f"unknown or released KV cache id {cache_id!r}")
+        return live
+
     def set_length(self, cache_id: str, length: int) -> None:
         self._lengths[cache_id] = length
 

@@ -25,14 +25,15 @@ from ferrum_core.llm.decoder import DecoderOnlyLLM, UnifiedItem
 from ferrum_core.llm.describe import capabilities_for, model_info_for
 from ferrum_core.llm.handle import LlmKvCacheHandle
 from ferrum_core.llm.metadata import ProfileFlags
-from ferrum_core.llm.session import ModelSession
+from ferrum_core.llm.profile import DecodeProfiler, report_prefill
+from ferrum_core.llm.session import ModelSession, StepTimes
 from ferrum_core.protocol.capabilities import (
     ExecutorCapabilities,
     ExecutorMetrics,
     ExecutorState,
     ExecutorStatus,
 )
-from ferrum_core.protocol.executor import ModelExecutor, UnifiedLogits
+from ferrum_core.protocol.executor import BatchModelExecutor, UnifiedLogits
 from ferrum_core.protocol.io import (
     DecodeInput,
     DecodeOutput,
@@ -49,8 +50,12 @@ __all__ = ["LlmExecutor"]
 T = TypeVar("T")
 
 
-class LlmExecutor(ModelExecutor):
-    """Adapts a :class:`DecoderOnlyLLM` to the :class:`ModelExecutor` protocol."""
+class LlmExecutor(BatchModelExecutor):
+    """Adapts a :class:`DecoderOnlyLLM` to the :class:`ModelExecutor` protocol.
+
+    It is a :class:`BatchModelExecutor`: ``batch_prefill`` and ``batch_decode``
+    take the model lock once and make one model call for the whole batch.
+    """
 
     def __init__(
         self, model: DecoderOnlyLLM, *, model_id: str = "model", model_type: str = "llama"
@@ -63,12 +68,16 @@ class LlmExecutor(ModelExecutor):
         self._caches = self._session.caches
         self._stats = self._session.stats
         self._profile = ProfileFlags.from_env()
+        self._decode_prof = DecodeProfiler() if self._profile.batch_decode else None
         self._state = ExecutorState.READY
 
     # -- plumbing -------------------------------------------------------------------
-    def _run(self, kind: str, batch: int, tokens: int, body: Callable[[], T]) -> T:
+    def _check_live(self) -> None:
         if self._state == ExecutorState.SHUTDOWN:
             raise ExecutorStateError("executor is shut down")
+
+    def _run(self, kind: str, batch: int, tokens: int, body: Callable[[], T]) -> T:
+        self._check_live()
         start = self._stats.begin(batch)
         ok = False
         try:
@@ -92,9 +101,14 @@ class LlmExecutor(ModelExecutor):
     def kv_capacity(self) -> int:
         return self._session.kv_capacity()
 
+    def optimal_batch_size(self) -> int:  # one model call per batch: fuller is cheaper
+        return self._cfg.max_batch_size
+
+    def supports_batch_size(self, batch_size: int) -> bool:
+        return 1 <= batch_size <= self._cfg.max_batch_size
+
     def new_cache(self) -> LlmKvCacheHandle:
-        if self._state == ExecutorState.SHUTDOWN:
-            raise ExecutorStateError("executor is shut down")
+        self._check_live()
         with self._model_lock:
             return self._caches.handle(self._caches.new_id(), 0)
 
@@ -130,11 +144,7 @@ class LlmExecutor(ModelExecutor):
                         self._caches.forget(cache_id)
                 raise
             if self._profile.batch_prefill:
-                self._profile.emit(
-                    f"[batch-prefill] n_items={len(items)}"
-                    f" total_q={sum(len(i.tokens) for i in items)} fallback={not native}"
-                    f" elapsed={(time.perf_counter() - t0) * 1e6:.0f}us"
-                )
+                report_prefill(items, native, t0)
             return [
                 PrefillOutput(
                     HostTensor(_sampled(row)[None, None, :]),
@@ -154,6 +164,8 @@ class LlmExecutor(ModelExecutor):
             return []
 
         def body() -> list[DecodeOutput]:
+            prof = self._decode_prof
+            t0 = time.perf_counter() if prof is not None else 0.0
             items = []
             for inp in inputs:
                 cache_id, start = self._caches.resolve(inp.kv_cache)
@@ -161,22 +173,29 @@ class LlmExecutor(ModelExecutor):
                 if len(tokens) != 1:
                     raise InvalidInputError(f"decode takes one token, got {len(tokens)}")
                 items.append(UnifiedItem(cache_id, tokens, start, True))
-            t0 = time.perf_counter()
-            logits, native = self._session.execute(items, [i.metadata for i in inputs], ())
-            if self._profile.batch_decode:
-                self._profile.emit(
-                    f"[exec-batch-decode-prof] m={len(items)} fallback={not native}"
-                    f" total={(time.perf_counter() - t0) * 1e6:.0f}us"
-                )
-            return [
-                DecodeOutput(
-                    HostTensor(_sampled(row)[None, :]),
-                    self._caches.handle(it.cache_id, it.pos_offset + 1),
-                )
-                for it, row in zip(items, logits, strict=True)
-            ]
+            if prof is None:
+                logits, _ = self._session.execute(items, [i.metadata for i in inputs], ())
+                return self._decode_outputs(items, logits)
+            times = StepTimes()
+            t_prep = time.perf_counter()
+            logits, _ = self._session.execute(items, [i.metadata for i in inputs], (), times)
+            t_model = time.perf_counter()
+            outputs = self._decode_outputs(items, logits)
+            prof.report(len(items), t0, t_prep, t_model, times)
+            return outputs
 
         return self._run("decode", len(inputs), len(inputs), body)
+
+    def _decode_outputs(
+        self, items: Sequence[UnifiedItem], logits: Sequence[np.ndarray | None]
+    ) -> list[DecodeOutput]:
+        return [
+            DecodeOutput(
+                HostTensor(_sampled(row)[None, :]),
+                self._caches.handle(it.cache_id, it.pos_offset + 1),
+            )
+            for it, row in zip(items, logits, strict=True)
+        ]
 
     def unified_decode(self, batch: UnifiedBatch) -> UnifiedLogits:
         if not batch.items:
@@ -214,23 +233,7 @@ class LlmExecutor(ModelExecutor):
                 if len(toks) != 1:
                     raise InvalidInputError("forward_verify takes one token per input")
                 tokens.extend(toks)
-            self._session.check_tokens(tokens, start)
-            vocab = self._cfg.vocab_size
-            with self._session.locked() as model:
-                self._caches.recheck(cache_id, start)
-                item = UnifiedItem(cache_id, tokens, start, True)
-                try:
-                    self._session.set_lora(model, cache_id, inputs[0].metadata)
-                    flat = np.asarray(model.forward_verify(cache_id, tokens, start), np.float32)
-                    if flat.shape != (len(tokens), vocab):
-                        raise BackendError(
-                            f"forward_verify returned shape {flat.shape};"
-                            f" expected {(len(tokens), vocab)}"
-                        )
-                except BaseException:
-                    self._session.roll_back(model, [item], ())
-                    raise
-                self._caches.set_length(cache_id, start + len(tokens))
+            flat = self._session.verify(cache_id, tokens, start, inputs[0].metadata)
             return [
                 DecodeOutput(
                     HostTensor(flat[i][None, :]), self._caches.handle(cache_id, start + i + 1)
@@ -241,20 +244,21 @@ class LlmExecutor(ModelExecutor):
         return self._run("decode", 1, len(inputs), body)
 
     def truncate_kv(self, kv_cache: KvCacheHandle, new_len: int) -> LlmKvCacheHandle:
-        if self._state == ExecutorState.SHUTDOWN:
-            raise ExecutorStateError("executor is shut down")
+        self._check_live()
         cache_id, length = self._caches.resolve(kv_cache)
-        if not 0 <= new_len <= length:
-            raise InvalidInputError(f"cannot truncate {cache_id!r} of length {length} to {new_len}")
-        with self._session.locked() as model:
-            self._caches.recheck(cache_id, length)
-            model.truncate_kv(cache_id, new_len)
-            self._caches.set_length(cache_id, new_len)
+        self._session.truncate(cache_id, new_len, length)
         return self._caches.handle(cache_id, new_len)
+
+    def truncate_kv_for_cache_id(self, cache_id: str, new_len: int) -> None:
+        """Roll ``cache_id``'s KV back to ``new_len`` positions (the reference's
+        speculative rollback by id). Handles of it issued before are stale afterwards;
+        continue with ``truncate_kv``'s, or one of length ``new_len``."""
+        self._check_live()
+        self._session.truncate(cache_id, new_len, None)
 
     def release_cache(self, cache_id: str) -> None:
         with self._session.locked() as model:
-            if self._caches.forget(cache_id) is not None:
+            if self._caches.forget(cache_id):
                 model.release(cache_id)
 
     def live_caches(self) -> list[str]:
@@ -273,13 +277,7 @@ class LlmExecutor(ModelExecutor):
         return self._stats.metrics(used / allocated if allocated else 0.0)
 
     def cache_metrics_snapshot(self) -> dict[str, Any]:
-        with self._session.locked() as model:
-            snapshot = dict(model.cache_metrics_snapshot() or {})
-            snapshot["live_caches"] = len(self._caches)
-        snapshot["unified_native_calls"] = self._stats.unified_native_calls
-        snapshot["unified_fallback_calls"] = self._stats.unified_fallback_calls
-        snapshot["executor_model_lock"] = self._stats.lock_snapshot()
-        return snapshot
+        return self._session.cache_metrics()
 
     def lora_metrics_snapshot(self) -> dict[str, Any] | None:
         with self._session.locked() as model:

@@ -13,10 +13,12 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from ferrum_core.errors import CapacityError, InvalidInputError
+from ferrum_core.errors import BackendError, CapacityError, InvalidInputError
 from ferrum_core.llm.cache_table import CacheTable
 from ferrum_core.llm.decoder import DecoderOnlyLLM, UnifiedItem
 from ferrum_core.llm.dispatch import run_items
@@ -24,7 +26,16 @@ from ferrum_core.llm.metadata import active_lora_from_metadata, requires_full_lo
 from ferrum_core.llm.stats import ExecutorStats
 from ferrum_core.protocol.io import Metadata
 
-__all__ = ["ModelSession"]
+__all__ = ["ModelSession", "StepTimes"]
+
+
+@dataclass(slots=True)
+class StepTimes:
+    """Seconds one :meth:`ModelSession.execute` spent waiting for the model lock and
+    inside the model (filled only when the caller profiles)."""
+
+    lock_acq: float = 0.0
+    model_call: float = 0.0
 
 
 class ModelSession:
@@ -68,9 +79,10 @@ class ModelSession:
         model.set_lora_adapter_for_cache(cache_id, active_lora_from_metadata(metadata))
 
     def execute(
-        self, items: list[UnifiedItem], metadata: Sequence[Metadata], fresh: Sequence[str]
+        self, items: list[UnifiedItem], metadata: Sequence[Metadata], fresh: Sequence[str],
+        times: StepTimes | None = None,
     ) -> tuple[list[np.ndarray | None], bool]:
-        """Validate, forward and commit lengths.
+        """Validate, forward and commit lengths (``times``: where the time went).
 
         On failure nothing stays half-done: fresh ids are released and existing
         caches are rolled back to where they started.
@@ -82,7 +94,11 @@ class ModelSession:
         for it in items:
             self.check_tokens(it.tokens, it.pos_offset)
         full = any(requires_full_logits(m) for m in metadata)
+        t_lock = time.perf_counter() if times is not None else 0.0
         with self.locked() as model:
+            if times is not None:
+                t_model = time.perf_counter()
+                times.lock_acq = t_model - t_lock
             for it in items:  # a release or another call may have raced us to the lock
                 self.caches.recheck(it.cache_id, it.pos_offset)
             try:
@@ -92,9 +108,59 @@ class ModelSession:
             except BaseException:
                 self.roll_back(model, items, fresh)
                 raise
+            if times is not None:
+                times.model_call = time.perf_counter() - t_model
             for it in items:
                 self.caches.set_length(it.cache_id, it.pos_offset + len(it.tokens))
         return out, native
+
+    def cache_metrics(self) -> dict[str, Any]:
+        """The model's pool figures plus the executor's: live caches, unified calls by
+        path, and the model lock's waits."""
+        with self.locked() as model:
+            snapshot = dict(model.cache_metrics_snapshot() or {})
+            snapshot["live_caches"] = len(self.caches)
+        snapshot["unified_native_calls"] = self.stats.unified_native_calls
+        snapshot["unified_fallback_calls"] = self.stats.unified_fallback_calls
+        snapshot["executor_model_lock"] = self.stats.lock_snapshot()
+        return snapshot
+
+    def verify(
+        self, cache_id: str, tokens: list[int], start: int, metadata: Metadata
+    ) -> np.ndarray:
+        """``forward_verify``: one forward over ``tokens`` from ``start``; the
+        ``[len(tokens), vocab]`` float32 logits (rolled back on failure)."""
+        self.check_tokens(tokens, start)
+        vocab = self.cfg.vocab_size
+        with self.locked() as model:
+            self.caches.recheck(cache_id, start)
+            try:
+                self.set_lora(model, cache_id, metadata)
+                flat = np.asarray(model.forward_verify(cache_id, tokens, start), np.float32)
+                if flat.shape != (len(tokens), vocab):
+                    raise BackendError(
+                        f"forward_verify returned shape {flat.shape};"
+                        f" expected {(len(tokens), vocab)}"
+                    )
+            except BaseException:
+                self.roll_back(model, [UnifiedItem(cache_id, tokens, start, True)], ())
+                raise
+            self.caches.set_length(cache_id, start + len(tokens))
+        return flat
+
+    def truncate(self, cache_id: str, new_len: int, expected: int | None) -> None:
+        """Roll ``cache_id`` back to ``new_len`` positions; ``expected``: the length the
+        caller's handle says (re-checked under the lock), None to trust the table."""
+        with self.locked() as model:
+            length = self.caches.length(cache_id)
+            if expected is not None:
+                self.caches.recheck(cache_id, expected)
+            if not 0 <= new_len <= length:
+                raise InvalidInputError(
+                    f"cannot truncate {cache_id!r} of length {length} to {new_len}"
+                )
+            model.truncate_kv(cache_id, new_len)
+            self.caches.set_length(cache_id, new_len)
 
     def roll_back(
         self, model: DecoderOnlyLLM, items: Sequence[UnifiedItem], fresh: Sequence[str]

@@ -15,6 +15,7 @@ from ferrum_core.protocol.config import (
     ExecutorMemoryConfig,
     ExecutorType,
     OptimizationConfig,
+    executor_types_for,
 )
 from ferrum_core.protocol.executor import (
     BatchModelExecutor,
@@ -62,4 +63,5 @@ __all__ = [
     "UnifiedBatch",
     "UnifiedBatchItem",
     "UnifiedLogits",
+    "executor_types_for",
 ]

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ferrum_core.protocol.capabilities import AttentionType
+from ferrum_core.protocol.capabilities import AttentionType, ExecutorCapabilities
 from ferrum_core.types import DataType, Device, parse_device
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "ExecutorMemoryConfig",
     "OptimizationConfig",
     "ExecutorConfig",
+    "executor_types_for",
 ]
 
 
@@ -26,6 +27,22 @@ class ExecutorType(StrEnum):
     SPECULATIVE = "speculative"
     PIPELINE_PARALLEL = "pipeline_parallel"
     TENSOR_PARALLEL = "tensor_parallel"
+
+
+def executor_types_for(capabilities: ExecutorCapabilities) -> list[ExecutorType]:
+    """The :class:`ExecutorType` values a factory serves, derived from its declared
+    capabilities so ``supported_types()`` never says more than they do: sequential
+    always, ``batch`` with dynamic batching (``create_batch_executor`` returns a
+    :class:`BatchModelExecutor`), then continuous batching, speculative decoding and
+    the parallel kinds as declared."""
+    declared = [
+        (ExecutorType.BATCH, capabilities.supports_dynamic_batching),
+        (ExecutorType.CONTINUOUS_BATCH, capabilities.supports_continuous_batching),
+        (ExecutorType.SPECULATIVE, capabilities.supports_speculative_decoding),
+        (ExecutorType.PIPELINE_PARALLEL, capabilities.supports_pipeline_parallelism),
+        (ExecutorType.TENSOR_PARALLEL, capabilities.supports_tensor_parallelism),
+    ]
+    return [ExecutorType.SEQUENTIAL, *(kind for kind, yes in declared if yes)]
 
 
 class ExecutorAttentionConfig(BaseModel):

@@ -10,11 +10,11 @@ from ferrum_core.plugin import (
     ExecutorType,
     LlmExecutor,
     LoadedModel,
-    ModelExecutor,
+    executor_types_for,
     load_model,
 )
 from ferrum_example_backend.model import NumpyLlama
-from ferrum_example_backend.plugin import MODEL_TYPES
+from ferrum_example_backend.plugin import CAPABILITIES, MODEL_TYPES
 
 __all__ = ["MAX_BATCH_SIZE", "ExampleFactory"]
 
@@ -34,7 +34,7 @@ class ExampleFactory:
 
     def create_executor(
         self, config: ExecutorConfig, *, model: LoadedModel | None = None
-    ) -> ModelExecutor:
+    ) -> LlmExecutor:
         """``model``: what ``load_model`` already produced for ``config`` (else loaded here)."""
         self.validate_config(config)
         loaded = model if model is not None else load_model(
@@ -48,10 +48,8 @@ class ExampleFactory:
         return LlmExecutor(model, model_id=loaded.path.name, model_type=loaded.model_type)
 
     def create_batch_executor(self, config: ExecutorConfig) -> BatchModelExecutor:
-        raise UnsupportedError(
-            "the example backend has no BatchModelExecutor; create_executor's executor "
-            "batches through LlmExecutor"
-        )
+        """``LlmExecutor`` is a ``BatchModelExecutor``: one model call per batch."""
+        return self.create_executor(config)
 
     def supported_types(self) -> list[ExecutorType]:
-        return [ExecutorType.SEQUENTIAL, ExecutorType.CONTINUOUS_BATCH]
+        return executor_types_for(CAPABILITIES)
