@@ -20,10 +20,11 @@ from ferrum_core.plugin import (
 __all__ = ["cpu_executor", "decode", "hf_logits", "prefill", "rel_err"]
 
 
-def cpu_executor(path: Path | str, dtype: DataType = DataType.FP32, **options: Any) -> Any:
+def cpu_executor(path: Path | str | None, dtype: DataType = DataType.FP32, **options: Any) -> Any:
     from ferrum_cpu.factory import CpuExecutorFactory
 
-    config = ExecutorConfig(model_path=str(path), dtype=dtype, executor_options=options)
+    config = ExecutorConfig(model_path=None if path is None else str(path), dtype=dtype,
+                            executor_options=options)
     return CpuExecutorFactory().create_executor(config)
 
 
