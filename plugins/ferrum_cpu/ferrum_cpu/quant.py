@@ -198,6 +198,16 @@ def linear(
     Raises :class:`UnsupportedError` naming the GGUF type and tensor for a
     block type with no exact ``MatMulNBits`` form."""
     n, _ = _check(mode, weight, f"linear {prefix}")
+    if block_size < 16 or block_size & (block_size - 1):
+        raise UnsupportedError(
+            f"linear {prefix}: block_size {block_size} is not a power of two >= 16 "
+            "(MatMulNBits' blocks)"
+        )
+    if accuracy_level not in range(5):
+        raise UnsupportedError(
+            f"linear {prefix}: accuracy_level {accuracy_level} is not 0-4 "
+            "(1: fp32 activations, 4: int8 activations)"
+        )
     if mode == "fp32":
         w_t = float_initializer(f"{prefix}.weight_t", weight_float32(weight).T)
         if bias is None:

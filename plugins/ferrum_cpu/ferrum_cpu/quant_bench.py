@@ -1,9 +1,9 @@
 """Time decode-shaped linear layers in the forms :mod:`.quant` could emit.
 
-``python -m ferrum_cpu.quant_bench [--threads 1] [--calls 300]`` builds, for
+``python -m ferrum_cpu.quant_bench [--threads 1] [--layer]`` builds, for
 ``x[1, 576]`` and ``W[1536, 576]`` / ``W[49152, 576]`` (SmolLM2-135M's MLP
 and LM head shapes), Q4_1 and Q8_0 blocks from random weights and times one
-ONNX Runtime session per form (best of interleaved rounds, microseconds
+ONNX Runtime session per form (best of short interleaved rounds, microseconds
 per call), with the error against ``x @ dequantised(W).T``. Not a test: the
 figures back the choices in :mod:`.quant` (numbers in its report).
 """
@@ -121,17 +121,90 @@ def forms(n: int, level: int) -> dict[str, tuple[Nodes, np.ndarray]]:
     return out
 
 
+# one SmolLM2-135M layer: name -> (rows, input); inputs x, a, m [1, 576] and h [1, 1536]
+LAYERS = {
+    "fused": {"qkv": (960, "x"), "o": (576, "a"), "gate_up": (3072, "m"), "down": (576, "h")},
+    "unfused": {"q": (576, "x"), "k": (192, "x"), "v": (192, "x"), "o": (576, "a")}
+    | {"gate": (1536, "m"), "up": (1536, "m"), "down": (576, "h")},
+}
+
+
+def layer_forms(layout: dict[str, tuple[int, str]], level: int) -> dict[str, Nodes]:
+    """A layer's Q4_1 linears in each form, as one graph per form."""
+    forms: dict[str, list[Nodes]] = {"exact": [], "exact, shared sums": [], "zp0 alone": []}
+    forms["re-quantised (ORT)"] = []
+    shared: dict[tuple[str, int], str] = {}
+    for index, (name, (n, src)) in enumerate(layout.items()):
+        k = 1536 if src == "h" else K
+        q41 = stored("Q4_1", n, index)
+        q41 = StoredTensor(name, (n, k), "Q4_1", stored_k(q41, k), 32, 20)
+        g = gguf_weight(q41)
+        assert g.mins is not None
+        dense = g.weight.dequantize() + np.repeat(g.mins, 32, axis=1)
+        args = {"bias": None, "mode": "int4", "accuracy_level": level}
+        forms["exact"].append(linear(name, src, f"y_{name}", q41, **args))  # type: ignore[arg-type]
+        forms["exact, shared sums"].append(
+            linear(name, src, f"y_{name}", q41, **args, shared_sums=shared)  # type: ignore[arg-type]
+        )
+        for label, weight in (("zp0 alone", g.weight), ("re-quantised (ORT)", None)):
+            weight = weight if weight is not None else ort_quantize(dense, 4, 32)
+            node, inits = matmul_nbits(name, src, f"y_{name}", weight, accuracy_level=level)
+            forms[label].append(Nodes([node], inits))
+    return {
+        label: Nodes(
+            [n for part in parts for n in part.nodes],
+            [t for part in parts for t in part.initializers],
+        )
+        for label, parts in forms.items()
+    }
+
+
+def stored_k(st: StoredTensor, k: int) -> np.ndarray:
+    """Random Q4_1 bytes for ``(rows, k)`` (the shape's K may differ from 576)."""
+    from gguf import GGMLQuantizationType, quants
+
+    rows = st.shape[0]
+    w = np.random.default_rng(k + rows).standard_normal((rows, k)).astype(np.float32) * 0.05
+    return np.asarray(quants.quantize(w, GGMLQuantizationType.Q4_1))
+
+
+def layer_model(nodes: Nodes, names: list[str]) -> onnx.ModelProto:
+    sizes = {"x": K, "a": K, "m": K, "h": 1536}
+    inputs = [
+        helper.make_tensor_value_info(s, TensorProto.FLOAT, [1, 1, k]) for s, k in sizes.items()
+    ]
+    outputs = [helper.make_tensor_value_info(f"y_{n}", TensorProto.FLOAT, None) for n in names]
+    graph = helper.make_graph(nodes.nodes, "layer", inputs, outputs, nodes.initializers)
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid(MS_DOMAIN, 1)]
+    built = helper.make_model(graph, opset_imports=opsets)
+    built.ir_version = 10
+    return built
+
+
 def time_sessions(
-    runs: dict[str, Callable[[], object]], calls: int, rounds: int
+    runs: dict[str, Callable[[], object]], round_s: float, rounds: int, budget_s: float = 3.0
 ) -> dict[str, float]:
+    """Best per-call time (us) of each run over interleaved rounds of about
+    ``round_s`` seconds: on a shared machine other load only ever adds time,
+    so short rounds and the minimum find the undisturbed figure. A run stops
+    after ``rounds`` rounds or ``budget_s`` seconds, whichever comes first."""
+    calls: dict[str, int] = {}
+    for name, run in runs.items():
+        start = time.perf_counter()
+        run()
+        calls[name] = max(1, int(round_s / (time.perf_counter() - start)))
     samples: dict[str, list[float]] = {name: [] for name in runs}
+    spent = dict.fromkeys(runs, 0.0)
     for _ in range(rounds):
         for name, run in runs.items():
+            if spent[name] > budget_s and len(samples[name]) >= 3:
+                continue
             start = time.perf_counter()
-            for _ in range(calls):
+            for _ in range(calls[name]):
                 run()
-            samples[name].append((time.perf_counter() - start) / calls * 1e6)
-    # the best round: on a shared machine other load only ever adds time
+            elapsed = time.perf_counter() - start
+            spent[name] += elapsed
+            samples[name].append(elapsed / calls[name] * 1e6)
     return {name: float(np.min(values)) for name, values in samples.items()}
 
 
@@ -140,12 +213,29 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--calls", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--round-ms", type=float, default=2.0, help="length of one round")
+    parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--n", type=int, nargs="*", default=[1536, 49152])
+    parser.add_argument("--layer", choices=list(LAYERS), help="time one layer's linears")
     args = parser.parse_args()
     x = np.random.default_rng(0).standard_normal((1, K)).astype(np.float32)
     print(f"onnxruntime {ort.__version__}, {args.threads} thread(s), x [1, {K}]")
+    if args.layer:
+        rng = np.random.default_rng(1)
+        feeds = {s: rng.standard_normal((1, 1, 1536 if s == "h" else K)) for s in "xamh"}
+        feeds = {s: array.astype(np.float32) for s, array in feeds.items()}
+        layout = LAYERS[args.layer]
+        layer_runs: dict[str, Callable[[], object]] = {}
+        for label, nodes in layer_forms(layout, 4).items():
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = args.threads
+            built = layer_model(nodes, list(layout)).SerializeToString()
+            session = ort.InferenceSession(built, options)
+            layer_runs[label] = partial(session.run, None, feeds)
+        print(f"\none layer's {args.layer} Q4_1 linears {list(layout)}, accuracy_level 4")
+        for name, us in time_sessions(layer_runs, args.round_ms / 1e3, args.rounds).items():
+            print(f"  {name:<45} {us:9.1f} us")
+        return
     for n in args.n:
         for level in (1, 4):
             runs: dict[str, Callable[[], object]] = {}
@@ -158,8 +248,7 @@ def main() -> None:
                 ref = x @ weights.T
                 errors[name] = float(np.abs(y - ref).max() / np.abs(ref).max())
                 runs[name] = partial(session.run, None, {"x": x})
-            calls = max(5, args.calls * 1536 // n)
-            times = time_sessions(runs, calls, args.rounds)
+            times = time_sessions(runs, args.round_ms / 1e3, args.rounds)
             print(f"\nW [{n}, {K}], accuracy_level {level}")
             for name, us in times.items():
                 print(f"  {name:<45} {us:9.1f} us   max rel err {errors[name]:.1e}")

@@ -96,5 +96,10 @@ def test_shared_block_sums_are_computed_once_per_input() -> None:
 def test_bad_arguments_are_typed_errors() -> None:
     with pytest.raises(UnsupportedError, match="fp16"):
         linear("l", "x", "y", weights(4, 32, 0), bias=None, mode="fp16")  # type: ignore[arg-type]
+    for block_size in (8, 48):
+        with pytest.raises(UnsupportedError, match=f"block_size {block_size}"):
+            linear("l", "x", "y", weights(4, 64, 0), bias=None, mode="int4", block_size=block_size)
+    with pytest.raises(UnsupportedError, match="accuracy_level 7"):
+        linear("l", "x", "y", weights(4, 64, 0), bias=None, mode="int8", accuracy_level=7)
     with pytest.raises(UnsupportedError, match=r"\[32\]"):
         linear("l", "x", "y", np.zeros(32, np.float32), bias=None, mode="int4")
