@@ -24,6 +24,9 @@ __all__ = ["generate", "chat", "bench"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 DTYPES = ("auto", "fp32", "fp16", "bf16", "int8", "int4")
+KV_CACHE_DTYPES = ("auto", "fp32", "bf16", "fp16")
+KV_CACHE_DTYPE_HELP = ("Store the KV cache in this dtype (auto: the compute dtype); executor "
+                       "option kv_cache_dtype, for backends that have it (torch, cuda).")
 
 
 @contextmanager
@@ -79,6 +82,8 @@ def _model_options(func: F) -> F:
                      "Hugging Face folder in its stored dtype; else the backend's best."),
         click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="CPU threads for the backend."),
+        click.option("--kv-cache-dtype", type=click.Choice(KV_CACHE_DTYPES), default=None,
+                     help=KV_CACHE_DTYPE_HELP),
         click.option("--max-model-len", type=click.IntRange(min=2), default=None),
     ]
     for option in reversed(options):
@@ -104,12 +109,14 @@ def _sampling_options(func: F) -> F:
 
 
 def _load(model: str | None, backend: str | None, dtype: str, threads: int | None,
-          max_model_len: int | None, **extra: Any) -> LLM:
+          max_model_len: int | None, kv_cache_dtype: str | None = None, **extra: Any) -> LLM:
     from ferrum_core.engine import LLM
 
     config: dict[str, Any] = {"dtype": dtype, **extra}
     if threads is not None:
         config["threads"] = threads
+    if kv_cache_dtype is not None:
+        config["executor_options"] = {"kv_cache_dtype": kv_cache_dtype}
     if max_model_len is not None:
         config["max_model_len"] = max_model_len
     return LLM(model, backend, **config)
@@ -166,7 +173,8 @@ def _as_json(output: RequestOutput, llm: LLM) -> dict[str, Any]:
               help="Draft model for speculative decoding.")
 @click.option("--num-speculative-tokens", type=click.IntRange(min=1), default=4)
 def generate(prompt: str, model: str | None, backend: str | None, dtype: str,
-             threads: int | None, max_model_len: int | None, max_tokens: int,
+             threads: int | None, kv_cache_dtype: str | None, max_model_len: int | None,
+             max_tokens: int,
              temperature: float, top_p: float, top_k: int, min_p: float,
              repetition_penalty: float, seed: int | None, system: str | None,
              stop: tuple[str, ...], logprobs: int | None, ignore_eos: bool, raw: bool,
@@ -182,7 +190,7 @@ def generate(prompt: str, model: str | None, backend: str | None, dtype: str,
         if speculative_model is not None:
             extra = {"speculative_model": speculative_model,
                      "num_speculative_tokens": num_speculative_tokens}
-        llm = _load(model, backend, dtype, threads, max_model_len, **extra)
+        llm = _load(model, backend, dtype, threads, max_model_len, kv_cache_dtype, **extra)
         token_prompt = {"prompt_token_ids": _prompt_ids(llm, prompt, system, raw),
                         "prompt": prompt}
         if stream_ and not as_json:
@@ -218,15 +226,16 @@ def _timing_line(timings: dict[str, Any]) -> str:
 @_sampling_options
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past end-of-sequence.")
 def chat(model: str | None, backend: str | None, dtype: str, threads: int | None,
-         max_model_len: int | None, max_tokens: int, temperature: float, top_p: float,
-         top_k: int, min_p: float, repetition_penalty: float, seed: int | None,
-         system: str | None, ignore_eos: bool) -> None:
+         kv_cache_dtype: str | None, max_model_len: int | None, max_tokens: int,
+         temperature: float, top_p: float, top_k: int, min_p: float,
+         repetition_penalty: float, seed: int | None, system: str | None,
+         ignore_eos: bool) -> None:
     """Chat with the model in the terminal (/reset clears the history, /exit or EOF quits)."""
     with _errors():
         params = _params(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                          top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty,
                          seed=seed, ignore_eos=ignore_eos)
-        llm = _load(model, backend, dtype, threads, max_model_len)
+        llm = _load(model, backend, dtype, threads, max_model_len, kv_cache_dtype)
         if not llm.tokenizer.has_chat_template:
             raise click.ClickException("this model has no chat template; use `ferrum generate`")
         start = [{"role": "system", "content": system}] if system else []
@@ -276,7 +285,8 @@ def _turn(llm: LLM, history: list[dict[str, str]], text: str,
 @click.option("--warmup/--no-warmup", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench(model: str | None, backend: str | None, dtype: str, threads: int | None,
-          max_model_len: int | None, num_requests: int, prompt_len: int, output_len: int,
+          kv_cache_dtype: str | None, max_model_len: int | None, num_requests: int,
+          prompt_len: int, output_len: int,
           max_num_seqs: int | None, max_num_batched_tokens: int | None, seed: int,
           warmup: bool, as_json: bool) -> None:
     """Throughput and latency of N concurrent requests (random prompts, EOS ignored)."""
@@ -286,7 +296,7 @@ def bench(model: str | None, backend: str | None, dtype: str, threads: int | Non
         extra: dict[str, Any] = {"max_num_seqs": max_num_seqs or max(num_requests, 1)}
         if max_num_batched_tokens is not None:
             extra["max_num_batched_tokens"] = max_num_batched_tokens
-        llm = _load(model, backend, dtype, threads, max_model_len, **extra)
+        llm = _load(model, backend, dtype, threads, max_model_len, kv_cache_dtype, **extra)
         report = run_benchmark(llm, num_requests=num_requests, prompt_len=prompt_len,
                                output_len=output_len, seed=seed, warmup=warmup)
         click.echo(report.model_dump_json() if as_json else report.table())

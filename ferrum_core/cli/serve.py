@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ferrum_core.cli.generate import DTYPES, _errors
+from ferrum_core.cli.generate import DTYPES, KV_CACHE_DTYPE_HELP, KV_CACHE_DTYPES, _errors
 
 __all__ = ["serve", "is_loopback"]
 
@@ -58,13 +58,16 @@ def _served_names(given: str | None, model: str | None, directory: str) -> tuple
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for the backend.")
+@click.option("--kv-cache-dtype", type=click.Choice(KV_CACHE_DTYPES), default=None,
+              help=KV_CACHE_DTYPE_HELP)
 @click.option("--max-model-len", type=click.IntRange(min=2), default=None)
 @click.option("--max-num-seqs", type=click.IntRange(min=1), default=None)
 @click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1 << 20,
               show_default=True, help="Larger request bodies get a 413.")
 def serve(model: str | None, backend: str | None, host: str, port: int,
           api_key: str | None, served_model_name: str | None, chat_template: str | None,
-          dtype: str, threads: int | None, max_model_len: int | None,
+          dtype: str, threads: int | None, kv_cache_dtype: str | None,
+          max_model_len: int | None,
           max_num_seqs: int | None, max_body_bytes: int) -> None:
     """Serve the OpenAI API (/v1/models, /v1/completions, /v1/chat/completions,
     /health, /metrics) over one continuously batching engine.
@@ -88,6 +91,8 @@ def serve(model: str | None, backend: str | None, host: str, port: int,
                            ("max_num_seqs", max_num_seqs)):
             if value is not None:
                 config[key] = value
+        if kv_cache_dtype is not None:
+            config["executor_options"] = {"kv_cache_dtype": kv_cache_dtype}
         names = _served_names(served_model_name, model, "")
         settings = ServerSettings(served_model_names=names, api_key=api_key,
                                   max_body_bytes=max_body_bytes)

@@ -132,3 +132,22 @@ def test_conformance_suite_passes_with_a_bf16_kv_cache() -> None:
     assert report["executor_options"] == {"kv_cache_dtype": "bf16"}
     assert report["tolerance"] == KV_CACHE_TOLERANCE["bf16"]
     assert report["summary"]["passed"] >= 60
+
+
+def test_cli_kv_cache_dtype_reaches_the_pool(tiny: Callable[[str], TinyModel]) -> None:
+    """``ferrum generate --kv-cache-dtype``: bf16 storage moves the logprobs, fp32 does not."""
+    from ferrum_core.cli.main import cli
+
+    model = tiny("llama_gqa")
+    runs = {}
+    for kv in (None, "fp32", "bf16"):
+        args = ["generate", "w5 w9 w17 w3 w40 w41 w7", "--raw", "-m", str(model.path),
+                "-b", "torch", "--dtype", "fp32", "--max-tokens", "3", "--ignore-eos",
+                "--logprobs", "2", "--json"]  # fmt: skip
+        result = CliRunner().invoke(cli, args + (["--kv-cache-dtype", kv] if kv else []))
+        assert result.exit_code == 0, result.stderr[-2000:]
+        runs[kv] = json.loads(result.stdout)["logprobs"]
+    assert runs["fp32"] == runs[None]
+    assert runs["bf16"] != runs[None]
+    bad = CliRunner().invoke(cli, ["generate", "x", "--kv-cache-dtype", "int8"])
+    assert bad.exit_code == 2 and "int8" in bad.stderr
