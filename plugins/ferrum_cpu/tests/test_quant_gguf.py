@@ -126,3 +126,21 @@ def test_names_are_prefixed_and_unique() -> None:
     names += [n.name for n in a.nodes + b.nodes]
     assert len(names) == len(set(names))
     assert all(name.startswith(("layer0.q.", "layer0.k.")) for name in names)
+
+
+def test_fp32_mode_takes_types_with_no_nbits_form() -> None:
+    """fp32 dequantises through gguf-py what int4/int8 refuse (Q2_K here)."""
+    from gguf import GGMLQuantizationType, quants
+
+    rng = np.random.default_rng(6)
+    raw = rng.integers(0, 256, size=(8, 1, 84), dtype=np.uint8)
+    for offset in (80, 82):  # d and dmin
+        fields = (rng.standard_normal((8, 1)) * 0.01).astype(np.float16)
+        raw[:, :, offset : offset + 2] = fields.view(np.uint8).reshape(8, 1, 2)
+    stored = StoredTensor("blk.0.attn_v.weight", (8, 256), "Q2_K", raw.reshape(8, 84), 256, 84)
+    weights = quants.dequantize(stored.data, GGMLQuantizationType.Q2_K).reshape(8, 256)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    nodes = linear("l", "x", "y", stored, bias=None, mode="fp32")
+    assert rel_err(run(nodes, {"x": x}), x @ weights.T) < 1e-6
+    with pytest.raises(UnsupportedError, match="Q2_K"):
+        linear("l", "x", "y", stored, bias=None, mode="int8")
