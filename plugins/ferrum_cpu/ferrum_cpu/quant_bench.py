@@ -215,6 +215,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--round-ms", type=float, default=2.0, help="length of one round")
     parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--budget-s", type=float, default=3.0, help="time cap per form")
     parser.add_argument("--n", type=int, nargs="*", default=[1536, 49152])
     parser.add_argument("--layer", choices=list(LAYERS), help="time one layer's linears")
     args = parser.parse_args()
@@ -233,7 +234,9 @@ def main() -> None:
             session = ort.InferenceSession(built, options)
             layer_runs[label] = partial(session.run, None, feeds)
         print(f"\none layer's {args.layer} Q4_1 linears {list(layout)}, accuracy_level 4")
-        for name, us in time_sessions(layer_runs, args.round_ms / 1e3, args.rounds).items():
+        for name, us in time_sessions(
+            layer_runs, args.round_ms / 1e3, args.rounds, args.budget_s
+        ).items():
             print(f"  {name:<45} {us:9.1f} us")
         return
     for n in args.n:
@@ -248,7 +251,7 @@ def main() -> None:
                 ref = x @ weights.T
                 errors[name] = float(np.abs(y - ref).max() / np.abs(ref).max())
                 runs[name] = partial(session.run, None, {"x": x})
-            times = time_sessions(runs, args.round_ms / 1e3, args.rounds)
+            times = time_sessions(runs, args.round_ms / 1e3, args.rounds, args.budget_s)
             print(f"\nW [{n}, {K}], accuracy_level {level}")
             for name, us in times.items():
                 print(f"  {name:<45} {us:9.1f} us   max rel err {errors[name]:.1e}")
