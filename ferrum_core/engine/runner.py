@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ferrum_core.batch_plan import plan_batch
 from ferrum_core.errors import UnsupportedError
 from ferrum_core.protocol import (
     DecodeInput,
@@ -100,11 +101,10 @@ class ExecutorRunner:
 
     def _run_fallback(self, works: Sequence[Work]) -> list[np.ndarray | None]:
         results: list[np.ndarray | None] = [None] * len(works)
-        decodes: list[int] = []
-        for i, work in enumerate(works):
-            if len(work.tokens) == 1 and work.final and work.key in self._handles:
-                decodes.append(i)
-                continue
+        plan = plan_batch((len(w.tokens), w.final, w.pos) for w in works)
+        decodes = plan.decodes
+        for i in plan.prefills:
+            work = works[i]
             handle = self._handle_at(work, create=False)
             out = self.executor.prefill(PrefillInput(token_ids(work.tokens), kv_cache=handle,
                                                      metadata=work.metadata))

@@ -4,9 +4,10 @@ Routing rules the `DecoderOnlyLLM` contract relies on:
 
 * ``unified_forward`` is called only when the model says ``native_unified``
   and no item needs full logits; ``UnsupportedError`` from it falls back;
-* in the fallback, ``prefill`` starts every new cache (even a one-token
-  prompt) and continues chunks; ``decode`` / ``decode_batch`` only ever
-  extend a cache that already holds positions (``pos > 0``);
+* in the fallback, :func:`~ferrum_core.batch_plan.plan_batch` splits the
+  batch: ``prefill`` starts every new cache (even a one-token prompt) and
+  continues chunks; ``decode`` / ``decode_batch`` only ever extend a cache
+  that already holds positions (``pos > 0``);
 * a model with ``max_chunk_tokens`` never sees a longer ``prefill`` call.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ferrum_core.batch_plan import plan_batch
 from ferrum_core.errors import BackendError, UnsupportedError
 from ferrum_core.llm.decoder import DecodeItem, DecoderOnlyLLM, UnifiedItem
 
@@ -59,16 +61,11 @@ def _fallback(
     model: DecoderOnlyLLM, items: Sequence[UnifiedItem], full_logits: bool, vocab: int
 ) -> list[np.ndarray | None]:
     results: list[np.ndarray | None] = [None] * len(items)
-    decodes = [
-        i
-        for i, it in enumerate(items)
-        if len(it.tokens) == 1 and it.is_final_chunk and it.pos_offset > 0
-    ]
-    chosen = set(decodes)
+    plan = plan_batch((len(it.tokens), it.is_final_chunk, it.pos_offset) for it in items)
+    decodes = plan.decodes
     chunk = model.config.max_chunk_tokens
-    for i, it in enumerate(items):
-        if i in chosen:
-            continue
+    for i in plan.prefills:
+        it = items[i]
         tokens = list(it.tokens)
         step = chunk or len(tokens)
         logits: Any = None
