@@ -114,7 +114,8 @@ declaration.
 **Pool accounting.** ``cache_metrics_snapshot()`` of a paged backend returns
 at least the keys of :data:`POOL_METRIC_KEYS`: ``kv_blocks_total``,
 ``kv_blocks_free``, ``block_size``, ``prefix_cache_hits``,
-``prefix_cache_misses`` (:class:`KvBlockManager.metrics` returns them, plus
+``prefix_cache_misses`` (:class:`KvPoolState` is them as one typed value;
+:class:`KvBlockManager.metrics` returns them, plus
 ``kv_blocks_cached``, ``kv_blocks_evictable``, ``kv_sequences``). The engine
 reads them to size batches; the conformance suite checks they move.
 ``LlmExecutor`` adds ``unified_native_calls``, ``unified_fallback_calls`` and
@@ -168,6 +169,7 @@ from ferrum_core.hookspecs import (
     RegisterBackend,
     hookimpl,
 )
+from ferrum_core.kv.pool_state import POOL_METRIC_KEYS
 from ferrum_core.probing import PROBE_TIMEOUT_S, ProbeResult
 from ferrum_core.protocol import (
     AttentionType,
@@ -216,6 +218,7 @@ if TYPE_CHECKING:
         AppendResult,
         BlockAllocator,
         KvBlockManager,
+        KvPoolState,
         PrefixCache,
     )
     from ferrum_core.llm import (
@@ -343,6 +346,7 @@ __all__ = [
     "AppendResult",
     "BlockAllocator",
     "KvBlockManager",
+    "KvPoolState",
     "PrefixCache",
     # errors
     "BackendError",
@@ -362,14 +366,6 @@ __all__ = [
     "UnsupportedError",
 ]
 
-POOL_METRIC_KEYS = (
-    "kv_blocks_total",
-    "kv_blocks_free",
-    "block_size",
-    "prefix_cache_hits",
-    "prefix_cache_misses",
-)
-"""Keys a paged backend's ``cache_metrics_snapshot()`` must hold (ints)."""
 
 # Heavier names (numpy model code, tokenizers, jinja2) load on first use, so an
 # entry-point module that imports this one keeps `ferrum list-backends` fast.
@@ -381,7 +377,7 @@ _LAZY_BY_MODULE = {
     "ferrum_core.dtype_choice": ("resolve_dtype", "stored_dtype"),
     "ferrum_core.kv": (
         "AppendPlan", "AppendRequest", "AppendResult", "BlockAllocator", "KvBlockManager",
-        "PrefixCache",
+        "KvPoolState", "PrefixCache",
     ),
     "ferrum_core.llm": (
         "ActiveLoraAdapter", "DecodeItem", "DecoderOnlyLLM", "LlmExecutor", "LlmRuntimeConfig",

@@ -37,6 +37,7 @@ from ferrum_core.errors import (
     KvPoolExhaustedError,
     UnsupportedError,
 )
+from ferrum_core.kv.pool_state import KvPoolState
 from ferrum_core.protocol import ModelExecutor
 
 __all__ = ["LLMEngine"]
@@ -254,9 +255,12 @@ class LLMEngine:
         if self.draft_runner is not None:
             self.draft_runner.release(request_id)
 
+    def _pool_state(self) -> KvPoolState | None:
+        return KvPoolState.from_snapshot(self.runner.executor.cache_metrics_snapshot())
+
     def _pool_view(self) -> PoolView | None:
         prefix = self.config.enable_prefix_caching and self.capabilities.supports_prefix_caching
-        return PoolView.from_snapshot(self.runner.executor.cache_metrics_snapshot(), prefix)
+        return PoolView.of(self._pool_state(), prefix)
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"num_preemptions": self.num_preemptions,
@@ -271,13 +275,12 @@ class LLMEngine:
 
     def load(self) -> EngineStats:
         """Running and waiting sequences (one per completion), the KV pool, token totals."""
-        snapshot = self.runner.executor.cache_metrics_snapshot() or {}
-        total, free = snapshot.get("kv_blocks_total"), snapshot.get("kv_blocks_free")
+        pool = self._pool_state()
         return EngineStats(
             num_running=len(self.scheduler.running),
             num_waiting=len(self.scheduler.waiting),
-            kv_blocks_total=total if isinstance(total, int) else None,
-            kv_blocks_free=free if isinstance(free, int) else None,
+            kv_blocks_total=pool.blocks_total if pool is not None else None,
+            kv_blocks_free=pool.blocks_free if pool is not None else None,
             prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.generation_tokens_total,
         )

@@ -15,11 +15,11 @@ same shortage at once).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from ferrum_core.engine.sequence import Sequence, SequenceStatus
+from ferrum_core.kv.pool_state import KvPoolState
 
 __all__ = ["SchedulerConfig", "PoolView", "ScheduledChunk", "Scheduler", "blocks_for"]
 
@@ -44,17 +44,11 @@ class PoolView:
     prefix_caching: bool = False
 
     @classmethod
-    def from_snapshot(
-        cls, snapshot: Mapping[str, Any] | None, prefix_caching: bool
-    ) -> PoolView | None:
-        """From ``cache_metrics_snapshot()``; ``None`` when the executor reports no pool."""
-        if not snapshot:
+    def of(cls, state: KvPoolState | None, prefix_caching: bool) -> PoolView | None:
+        """The view of an executor's pool (``None``: it reports none)."""
+        if state is None:
             return None
-        free, total, size = (snapshot.get(k) for k in ("kv_blocks_free", "kv_blocks_total",
-                                                        "block_size"))
-        if not (isinstance(free, int) and isinstance(total, int) and isinstance(size, int)):
-            return None
-        return cls(free, total, size, prefix_caching) if size > 0 else None
+        return cls(state.blocks_free, state.blocks_total, state.block_size, prefix_caching)
 
     @property
     def watermark(self) -> int:

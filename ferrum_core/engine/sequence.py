@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from ferrum_core.kv.prefix_cache import block_hashes
+
 __all__ = ["FinishReason", "SequenceStatus", "Sequence", "prefix_block_hashes"]
 
 
@@ -31,16 +33,12 @@ class SequenceStatus(StrEnum):
 def prefix_block_hashes(
     tokens: tuple[int, ...], block_size: int, salt: str | None = None
 ) -> tuple[int, ...]:
-    """Chained hashes of the full blocks of ``tokens`` (a block's hash covers its whole prefix).
+    """Chained hashes of the full blocks of ``tokens`` (a block's hash covers its whole
+    prefix): the block manager's own chain (:func:`ferrum_core.kv.prefix_cache.block_hashes`).
 
     ``salt`` separates caches that must never share blocks (e.g. two LoRA adapters).
     """
-    hashes: list[int] = []
-    parent = hash(("ferrum-prefix", salt))
-    for start in range(0, len(tokens) - block_size + 1, block_size):
-        parent = hash((parent, tokens[start : start + block_size]))
-        hashes.append(parent)
-    return tuple(hashes)
+    return tuple(block_hashes(tokens, block_size, salt))
 
 
 @dataclass(slots=True, eq=False)

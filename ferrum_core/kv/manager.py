@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 from ferrum_core.errors import InvalidInputError, KvPoolExhaustedError, UnknownCacheError
 from ferrum_core.kv.block_allocator import BlockAllocator
-from ferrum_core.kv.prefix_cache import ROOT_HASH, PrefixCache, chain_hash
+from ferrum_core.kv.pool_state import KvPoolState
+from ferrum_core.kv.prefix_cache import ROOT_HASH, PrefixCache, chain_hash, root_hash
 from ferrum_core.kv.requests import AppendPlan, AppendRequest, AppendResult
 
 __all__ = ["KvBlockManager"]
@@ -32,8 +33,6 @@ class _Sequence:
     hashes: list[int] = field(default_factory=list)  # chain hash of each full block
 
 
-def _root(salt: str | None) -> int:
-    return ROOT_HASH if salt is None else hash(("ferrum-cache-salt", salt))
 
 
 class KvBlockManager:
@@ -80,16 +79,24 @@ class KvBlockManager:
     def block_table(self, seq_id: str) -> tuple[int, ...]:
         return tuple(self._get(seq_id).blocks)
 
+    def pool_state(self) -> KvPoolState:
+        cache = self.prefix_cache
+        return KvPoolState(
+            blocks_total=self.num_blocks,
+            blocks_free=self.allocator.num_free,
+            block_size=self.block_size,
+            prefix_cache_hits=cache.hits if cache is not None else 0,
+            prefix_cache_misses=cache.misses if cache is not None else 0,
+        )
+
     def metrics(self) -> dict[str, int]:
+        """:meth:`pool_state` as snapshot keys, plus cached / evictable blocks and
+        sequences held."""
         cache = self.prefix_cache
         return {
-            "kv_blocks_total": self.num_blocks,
-            "kv_blocks_free": self.allocator.num_free,
+            **self.pool_state().metrics(),
             "kv_blocks_cached": len(cache) if cache is not None else 0,
             "kv_blocks_evictable": self.allocator.num_evictable,
-            "block_size": self.block_size,
-            "prefix_cache_hits": cache.hits if cache is not None else 0,
-            "prefix_cache_misses": cache.misses if cache is not None else 0,
             "kv_sequences": len(self._seqs),
         }
 
@@ -141,7 +148,7 @@ class KvBlockManager:
         if cache is None or request.max_cached_tokens < bs or length % bs:
             return [], 0
         if seq is None:
-            parent = _root(request.cache_salt)
+            parent = root_hash(request.cache_salt)
         else:
             parent = seq.hashes[-1] if seq.hashes else seq.root
         if seq is not None and len(seq.hashes) != length // bs:
@@ -187,7 +194,7 @@ class KvBlockManager:
         request, bs = plan.request, self.block_size
         seq = self._seqs.get(request.seq_id)
         if seq is None:
-            seq = self._seqs[request.seq_id] = _Sequence(root=_root(request.cache_salt))
+            seq = self._seqs[request.seq_id] = _Sequence(root=root_hash(request.cache_salt))
         num_cached = len(plan.matched) * bs
         for block, block_hash in plan.matched:
             seq.blocks.append(block)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["ROOT_HASH", "PrefixCache", "chain_hash"]
+__all__ = ["ROOT_HASH", "PrefixCache", "block_hashes", "chain_hash", "root_hash"]
 
 ROOT_HASH = 0
 """Parent hash of a sequence's first block."""
@@ -25,6 +25,23 @@ def chain_hash(parent_hash: int, tokens: Sequence[int]) -> int:
     for the life of the process (which is all a process-local cache needs).
     """
     return hash((parent_hash, tuple(tokens)))
+
+
+def root_hash(salt: str | None = None) -> int:
+    """Parent hash of a sequence's first block: ``salt`` separates caches that must
+    never share blocks (e.g. two LoRA adapters)."""
+    return ROOT_HASH if salt is None else hash(("ferrum-cache-salt", salt))
+
+
+def block_hashes(tokens: Sequence[int], block_size: int, salt: str | None = None) -> list[int]:
+    """The chain hash of every full block of ``tokens`` (what the block manager
+    stores them under, so the scheduler can tell which prefixes are cached)."""
+    hashes: list[int] = []
+    parent = root_hash(salt)
+    for start in range(0, len(tokens) - block_size + 1, block_size):
+        parent = chain_hash(parent, tokens[start : start + block_size])
+        hashes.append(parent)
+    return hashes
 
 
 class PrefixCache:

@@ -9,6 +9,7 @@ blocks with the same prefix are shared when prefix caching is on) and raises
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -100,7 +101,8 @@ class PagedToyLlm:
         row = toy_logits(history, self.salt, self.noise)
         adapter = self.adapters.get(cache_id)
         if adapter is not None:  # an "adapter" shifts the scores by a name-dependent pattern
-            row = row + 3.0 * toy_logits([hash(adapter.name) & 0xFFFF])
+            # crc32, not hash(): str hashes change per process (PYTHONHASHSEED)
+            row = row + 3.0 * toy_logits([zlib.crc32(adapter.name.encode()) & 0xFFFF])
         return row
 
     # --- DecoderOnlyLLM ---------------------------------------------------------------

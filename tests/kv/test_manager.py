@@ -216,3 +216,18 @@ def test_cache_salt_separates_prefixes() -> None:
     assert mgr.block_table("c")[:2] == mgr.block_table("b")[:2]
     (r,) = mgr.append([AppendRequest("d", 0, tokens, 8)])
     assert mgr.block_table("d")[:2] == mgr.block_table("a")[:2]
+
+
+def test_pool_state_is_the_metrics_pool_keys_as_one_value() -> None:
+    from ferrum_core.kv import POOL_METRIC_KEYS, AppendRequest, KvBlockManager, KvPoolState
+
+    manager = KvBlockManager(6, 4)
+    manager.append([AppendRequest("a", 0, list(range(9)))])
+    state = manager.pool_state()
+    assert state == KvPoolState(blocks_total=6, blocks_free=3, block_size=4)
+    metrics = manager.metrics()
+    assert {k: metrics[k] for k in POOL_METRIC_KEYS} == state.metrics()
+    assert KvPoolState.from_snapshot({**metrics, "unrelated": "x"}) == state
+    assert KvPoolState.from_snapshot(None) is None
+    assert KvPoolState.from_snapshot({"kv_blocks_total": 6, "kv_blocks_free": 3}) is None
+    assert KvPoolState.from_snapshot({**metrics, "block_size": 0}) is None

@@ -31,3 +31,18 @@ def test_hash_collision_reads_as_miss() -> None:
     assert cache.lookup(42, ROOT_HASH, [9, 9]) is None
     assert cache.lookup(42, 17, [1, 2]) is None
     assert cache.lookup(42, ROOT_HASH, [1, 2]) == 1
+
+
+def test_scheduler_and_block_manager_share_one_hash_chain() -> None:
+    from ferrum_core.engine.sequence import prefix_block_hashes
+    from ferrum_core.kv import AppendRequest, KvBlockManager
+
+    tokens = list(range(10, 20))
+    for salt in (None, "adapter-a"):
+        manager = KvBlockManager(8, 4)
+        manager.append([AppendRequest("a", 0, tokens, cache_salt=salt)])
+        plan = manager.plan(AppendRequest("b", 0, tokens, len(tokens) - 1, cache_salt=salt))
+        engine_side = prefix_block_hashes(tuple(tokens), 4, salt)
+        assert [h for _, h in plan.matched] == list(engine_side) and len(engine_side) == 2
+    other = prefix_block_hashes(tuple(tokens), 4, "adapter-b")
+    assert set(other).isdisjoint(prefix_block_hashes(tuple(tokens), 4, "adapter-a"))
