@@ -50,6 +50,7 @@ Most backends load the model with :func:`load_model`,
 implement the model math as a :class:`DecoderOnlyLLM` and wrap it in
 :class:`LlmExecutor`, which supplies every executor semantic (cache ids,
 validation, rollback, the unified fallback, metrics, thread safety).
+docs/architecture.md in the repository follows a request through every layer.
 
 **Where options come from** (:class:`ExecutorConfig`):
 

@@ -14,7 +14,7 @@ TokenId = int
 
 
 class DataType(StrEnum):
-    """Compute / storage dtypes, spelled as in DESIGN.md."""
+    """Compute / storage dtypes (``fp32``, ``fp16``, ``bf16``, ``int8``, ``int4``)."""
 
     FP32 = "fp32"
     FP16 = "fp16"

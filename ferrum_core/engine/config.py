@@ -20,7 +20,7 @@ __all__ = ["EngineConfig"]
 
 
 class EngineConfig(BaseModel):
-    """Engine and executor settings (DESIGN.md's `LLM(...)` config keys).
+    """Engine and executor settings (the `LLM(...)` config keys).
 
     ``None`` leaves the choice to the backend (``block_size``, ``num_kv_blocks``,
     ``threads``, ``device``) or to the model (``max_model_len``); ``dtype="auto"``

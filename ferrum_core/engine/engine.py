@@ -3,7 +3,8 @@
 Everything goes through the executor protocol; the engine never asks which
 backend it drives. When the executor runs out of KV blocks, the step's
 forwards are rolled back and the newest running request is preempted (its KV
-is recomputed when it is admitted again).
+is recomputed when it is admitted again). docs/architecture.md follows a request
+through the engine, scheduler, runner, executor and model.
 """
 
 from __future__ import annotations

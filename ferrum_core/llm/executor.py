@@ -5,6 +5,7 @@ the executor issues cache ids (``llm-cache-N``), validates inputs before the
 model sees them (token range, capacity, unknown or released caches, stale
 handles), tries the model's ragged ``unified_forward`` first and falls back on
 ``UnsupportedError``, and keeps the counters the conformance suite checks.
+Its place in a request's path: docs/architecture.md.
 """
 
 from __future__ import annotations

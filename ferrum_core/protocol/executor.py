@@ -1,4 +1,7 @@
-"""The `ModelExecutor` abstract base and its relatives, with the reference trait's defaults."""
+"""The `ModelExecutor` abstract base and its relatives, with the reference trait's defaults.
+
+Who implements and who calls each contract: docs/architecture.md.
+"""
 
 from __future__ import annotations
 
