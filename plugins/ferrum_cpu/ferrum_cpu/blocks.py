@@ -99,7 +99,16 @@ def attention_block(
     """``out = o_proj(GQA(q, k, v))``; writes the layer's KV into its shared buffers."""
     p = f"layers.{layer}.attn"
     hd = cfg.head_dim
-    q, k, v = project(parts, p, h, qkv, opts)
+    padded = attention_head_dim(hd)
+    if qkv.fused is not None and qk_norm is None and padded == hd:
+        # packed QKV straight into the operator: no Split
+        weight, bias = qkv.fused
+        parts.add(linear(f"{p}.qkv_proj", h, f"{p}.qkv", weight, bias=bias,
+                         mode=opts.mode, accuracy_level=opts.accuracy_level,
+                         block_size=opts.block_size))
+        q, k, v = f"{p}.qkv", "", ""
+    else:
+        q, k, v = project(parts, p, h, qkv, opts)
     if qk_norm is not None:  # Qwen3: per-head RMSNorm on q and k before the rotary embedding
         heads = parts.const(f"{p}.heads_shape", np.array([0, 0, -1, hd], np.int64))
         flat = parts.const(f"{p}.flat_shape", np.array([0, 0, -1], np.int64))
@@ -111,7 +120,6 @@ def attention_block(
             parts.node("Reshape", [f"{x}_normed", flat], [f"{x}_n"], f"{p}.{which}_flat")
             normed.append(f"{x}_n")
         q, k = normed
-    padded = attention_head_dim(hd)
     if padded != hd:
         q, k, v = (_pad_heads(parts, f"{p}.{n}_pad", x, hd, padded, rotary=n != "v")
                    for n, x in (("q", q), ("k", k), ("v", v)))
