@@ -28,7 +28,8 @@ _TOP_P_PROBE = 256  # candidates checked before falling back to a full-vocabular
 @dataclass(frozen=True, slots=True)
 class SampledToken:
     token_id: int
-    logprob: float | None = None  # the chosen token's log-probability, when asked for
+    # the ``logprobs`` most likely tokens' log-probabilities, the chosen one always
+    # included (when the request asks for logprobs)
     top_logprobs: dict[int, float] | None = None
 
 
@@ -169,6 +170,5 @@ def _with_logprobs(row: np.ndarray, token: int, top_n: int) -> SampledToken:
         best = np.argpartition(-logprobs, n - 1)[:n]
         best = best[np.argsort(-logprobs[best], kind="stable")]
         top = {int(t): float(logprobs[t]) for t in best}
-    chosen = float(logprobs[token])
-    top.setdefault(token, chosen)
-    return SampledToken(token, chosen, top)
+    top.setdefault(token, float(logprobs[token]))
+    return SampledToken(token, top)

@@ -42,8 +42,7 @@ TokenChooser = Callable[[int, np.ndarray], tuple[int, bool]]
 
 @dataclass(frozen=True, slots=True)
 class Verification:
-    emitted: tuple[int, ...]  # tokens chosen from the target's rows, in order
-    matched: int  # leading emitted tokens equal to the draft (their KV is kept)
+    matched: int  # leading chosen tokens equal to the draft (their KV is kept)
     kv_cache: KvCacheHandle  # target handle truncated to pos + 1 + matched
     rows: np.ndarray  # the target's logits, [k + 1, vocab]
 
@@ -93,11 +92,9 @@ class SpeculativePair(SpeculativeExecutor):
         ]
         outs = self.target.forward_verify(inputs)
         rows = np.stack([_row(out) for out in outs])
-        emitted: list[int] = []
         matched = 0
         for i in range(len(ids)):
             token, keep_going = choose(i, rows[i])
-            emitted.append(token)
             if i < len(draft_tokens) and token == draft_tokens[i] and matched == i:
                 matched += 1
             if not keep_going or i == len(draft_tokens) or token != draft_tokens[i]:
@@ -106,7 +103,7 @@ class SpeculativePair(SpeculativeExecutor):
         new_len = pos + 1 + matched
         if handle.sequence_length > new_len:
             handle = self.target.truncate_kv(handle, new_len)
-        return Verification(tuple(emitted), matched, handle, rows)
+        return Verification(matched, handle, rows)
 
     def speculative_decode(
         self,

@@ -91,7 +91,7 @@ def test_logprobs_are_normalised_and_include_the_sampled_token() -> None:
     assert picked.top_logprobs is not None
     assert list(picked.top_logprobs) == [1, 2]
     assert math.isclose(picked.top_logprobs[1], math.log(0.4), rel_tol=1e-5)
-    assert picked.logprob == picked.top_logprobs[1]
+    assert picked.token_id == 1
     assert math.isclose(float(np.exp(log_softmax(LOGITS)).sum()), 1.0, rel_tol=1e-9)
 
 
