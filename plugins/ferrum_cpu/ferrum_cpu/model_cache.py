@@ -137,9 +137,15 @@ def load_or_build(key: str, build: Callable[[], Any]) -> tuple[CachedModel, bool
         tmp.chmod(0o755)
         if cached.directory.exists() or cached.directory.is_symlink():
             old = make_temp_dir(root, key)
-            os.replace(cached.directory, old / "stale")
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(cached.directory, old / "stale")
             shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, cached.directory)
+        try:
+            os.replace(tmp, cached.directory)
+        except OSError:  # another process put its build in place first: use it if sound
+            if cached.problem() is not None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -92,3 +92,12 @@ def test_unsupported_block_type_is_typed_and_writes_nothing(
     with pytest.raises(UnsupportedError, match="Q2_K"):
         cpu_executor(gguf, DataType.INT4)
     assert _built_models(tmp_path / "home") == []
+
+
+def test_unsupported_family_is_typed_and_writes_nothing(builds: list[int],
+                                                        tmp_path: Path) -> None:  # fmt: skip
+    from tests.tiny_models import build_tiny_gpt2
+
+    with pytest.raises(UnsupportedError, match="model type 'gpt2'"):
+        cpu_executor(build_tiny_gpt2(tmp_path))
+    assert builds == [] and _built_models(tmp_path / "home") == []
