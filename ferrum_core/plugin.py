@@ -89,7 +89,9 @@ ignores the flag. The same flag makes ``LlmExecutor`` skip ``unified_forward``.
 (what ``ferrum info NAME`` prints without a model) and per instance
 (``executor.capabilities()``; ``LlmExecutor`` derives it from your
 :class:`LlmRuntimeConfig`). An instance never claims more than the static
-declaration.
+declaration: pass that declaration as ``LlmExecutor(..., declared=CAPABILITIES)``
+and the instance takes its dtypes and feature flags from it (a flag only where
+the model has it too), so each fact is written once.
 
 * ``max_sequence_length`` / ``max_batch_size`` in the static declaration are
   upper bounds over every model; when your limit depends on the model, declare

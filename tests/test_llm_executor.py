@@ -28,6 +28,7 @@ from ferrum_core.protocol import (
     UnifiedBatchItem,
 )
 from ferrum_core.tensor import as_tensor_ref
+from ferrum_core.types import DataType
 from tests.doubles import ToyLlm, history_logits
 
 FULL = {"ferrum_require_full_logits": True}
@@ -364,6 +365,23 @@ def test_capabilities_derive_from_the_model() -> None:
     assert caps.supports_native_unified_decode
     assert ex.info().vocab_size == 32
     assert caps.model_dump(mode="json")["supported_dtypes"] == ["fp32"]
+
+
+def test_instance_capabilities_come_from_the_declared_ones() -> None:
+    model = ToyLlm(lora=True)
+    own = LlmExecutor(model).capabilities()
+    assert own.supports_lora and own.supports_speculative_decoding
+    declared = own.model_copy(update={
+        "supports_lora": False, "supports_speculative_decoding": False,
+        "supported_dtypes": (DataType.FP32, DataType.BF16), "max_batch_size": 256,
+    })
+    caps = LlmExecutor(model, declared=declared).capabilities()
+    assert not caps.supports_lora and not caps.supports_speculative_decoding
+    assert caps.supported_dtypes == (DataType.FP32, DataType.BF16)
+    assert caps.max_batch_size == own.max_batch_size  # the instance's own limit
+    assert caps.supports_native_unified_decode  # what the model does
+    wider = own.model_copy(update={"supports_prefix_caching": True})
+    assert not LlmExecutor(model, declared=wider).capabilities().supports_prefix_caching
 
 
 def test_concurrent_decodes_on_different_sequences() -> None:

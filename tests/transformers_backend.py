@@ -135,15 +135,15 @@ class TransformersFactory:
                                                             model_types=MODEL_TYPES)
         assert loaded.config is None  # a family the core does not parse
         hf_config = transformers.AutoConfig.for_model(**loaded.raw_config)
-        model = transformers.AutoModelForCausalLM.from_config(hf_config).eval()
+        hf_model = transformers.AutoModelForCausalLM.from_config(hf_config).eval()
         with loaded.weights as weights:  # the core's weight source, not transformers' loader
             state = {name: torch.from_numpy(np.array(weights.get(name)))
                      for name in weights.names()}
-        result = model.load_state_dict(state, strict=False)
+        result = hf_model.load_state_dict(state, strict=False)
         assert set(result.missing_keys) <= {"lm_head.weight"}, result.missing_keys  # tied
-        model.tie_weights()
-        return LlmExecutor(HistoryLLM(model, loaded.raw_config), model_id=loaded.path.name,
-                           model_type=loaded.model_type)
+        hf_model.tie_weights()
+        return LlmExecutor(HistoryLLM(hf_model, loaded.raw_config), model_id=loaded.path.name,
+                           model_type=loaded.model_type, declared=CAPABILITIES)
 
     def create_batch_executor(self, config: ExecutorConfig) -> BatchModelExecutor:
         return self.create_executor(config)

@@ -30,9 +30,17 @@ def model_info_for(cfg: LlmRuntimeConfig, *, model_id: str, model_type: str) -> 
 
 
 def capabilities_for(
-    cfg: LlmRuntimeConfig, kv_capacity: int, native_unified: bool, model_type: str | None = None
+    cfg: LlmRuntimeConfig, kv_capacity: int, native_unified: bool, model_type: str | None = None,
+    *, declared: ExecutorCapabilities | None = None,
 ) -> ExecutorCapabilities:
-    """The instance's capabilities: what it can do with the one model it loaded."""
+    """The instance's capabilities: what it can do with the one model it loaded.
+
+    ``declared`` (the backend's registered capabilities) is the one source of the
+    backend's facts: the instance takes its dtypes from it and claims a feature
+    (batching kinds, speculative decoding, LoRA, prefix caching) only where both
+    the declaration and the loaded model have it. Native unified decode is what
+    the model does, whatever was declared.
+    """
     width = cfg.dtype.bytes_per_element
     mechanisms = list(cfg.attention_mechanisms)
     if cfg.num_kv_heads == 1 and cfg.num_heads > 1:
@@ -48,7 +56,7 @@ def capabilities_for(
     for mechanism in extra:
         if mechanism not in mechanisms:
             mechanisms.append(mechanism)
-    return ExecutorCapabilities(
+    caps = ExecutorCapabilities(
         max_batch_size=cfg.max_batch_size,
         max_sequence_length=max(1, min(cfg.max_seq_len, kv_capacity)),
         attention_mechanisms=tuple(mechanisms),
@@ -73,3 +81,18 @@ def capabilities_for(
         supports_prefix_caching=cfg.prefix_caching,
         supported_model_types=(model_type,) if model_type else None,
     )
+    return caps if declared is None else _within(caps, declared)
+
+
+_FLAGS = (
+    "supports_dynamic_batching", "supports_continuous_batching", "supports_speculative_decoding",
+    "supports_lora", "supports_prefix_caching",
+)
+
+
+def _within(caps: ExecutorCapabilities, declared: ExecutorCapabilities) -> ExecutorCapabilities:
+    update: dict[str, object] = {
+        flag: getattr(caps, flag) and getattr(declared, flag) for flag in _FLAGS
+    }
+    update["supported_dtypes"] = declared.supported_dtypes
+    return caps.model_copy(update=update)

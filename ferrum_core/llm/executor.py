@@ -27,7 +27,7 @@ from ferrum_core.llm.describe import capabilities_for, model_info_for
 from ferrum_core.llm.handle import LlmKvCacheHandle
 from ferrum_core.llm.metadata import ProfileFlags
 from ferrum_core.llm.profile import DecodeProfiler, report_prefill
-from ferrum_core.llm.session import ModelSession, StepTimes
+from ferrum_core.llm.session import ModelSession, StepTimes, sampled_row
 from ferrum_core.protocol.capabilities import (
     ExecutorCapabilities,
     ExecutorMetrics,
@@ -59,9 +59,12 @@ class LlmExecutor(BatchModelExecutor):
     """
 
     def __init__(
-        self, model: DecoderOnlyLLM, *, model_id: str = "model", model_type: str = "llama"
+        self, model: DecoderOnlyLLM, *, model_id: str = "model", model_type: str = "llama",
+        declared: ExecutorCapabilities | None = None,
     ) -> None:
-        self._model = model
+        """``declared``: the backend's registered (static) capabilities, which the
+        instance's are derived from (see :func:`~ferrum_core.llm.describe.capabilities_for`)."""
+        self._model, self._declared = model, declared
         self._cfg = model.config
         self._info = model_info_for(self._cfg, model_id=model_id, model_type=model_type)
         self._session = ModelSession(model, owner=id(self))
@@ -148,7 +151,7 @@ class LlmExecutor(BatchModelExecutor):
                 report_prefill(items, native, t0)
             return [
                 PrefillOutput(
-                    HostTensor(_sampled(row)[None, None, :]),
+                    HostTensor(sampled_row(row)[None, None, :]),
                     self._caches.handle(it.cache_id, it.pos_offset + len(it.tokens)),
                 )
                 for it, row in zip(items, logits, strict=True)
@@ -192,7 +195,7 @@ class LlmExecutor(BatchModelExecutor):
     ) -> list[DecodeOutput]:
         return [
             DecodeOutput(
-                HostTensor(_sampled(row)[None, :]),
+                HostTensor(sampled_row(row)[None, :]),
                 self._caches.handle(it.cache_id, it.pos_offset + 1),
             )
             for it, row in zip(items, logits, strict=True)
@@ -268,7 +271,8 @@ class LlmExecutor(BatchModelExecutor):
 
     def capabilities(self) -> ExecutorCapabilities:
         native = self.supports_native_unified_decode()
-        return capabilities_for(self._cfg, self.kv_capacity(), native, self._info.model_type)
+        return capabilities_for(self._cfg, self.kv_capacity(), native, self._info.model_type,
+                                declared=self._declared)
 
     def status(self) -> ExecutorStatus:
         return self._stats.status(self._state, *self._model.memory_usage_bytes())
@@ -290,9 +294,3 @@ class LlmExecutor(BatchModelExecutor):
                 model.release(cache_id)
                 self._caches.forget(cache_id)
             self._state = ExecutorState.SHUTDOWN
-
-
-def _sampled(row: np.ndarray | None) -> np.ndarray:
-    if row is None:  # run_items guarantees rows for sampling items; keep the type honest
-        raise BackendError("no logits for an item that samples")
-    return row

@@ -26,7 +26,7 @@ from ferrum_core.llm.metadata import active_lora_from_metadata, requires_full_lo
 from ferrum_core.llm.stats import ExecutorStats
 from ferrum_core.protocol.io import Metadata
 
-__all__ = ["ModelSession", "StepTimes"]
+__all__ = ["ModelSession", "StepTimes", "sampled_row"]
 
 
 @dataclass(slots=True)
@@ -174,3 +174,10 @@ class ModelSession:
                     model.truncate_kv(it.cache_id, it.pos_offset)
             except Exception:  # keep the original error; this is best-effort cleanup
                 continue
+
+
+def sampled_row(row: np.ndarray | None) -> np.ndarray:
+    """A sampling item's logits row (``run_items`` guarantees one; keep the type honest)."""
+    if row is None:
+        raise BackendError("no logits for an item that samples")
+    return row

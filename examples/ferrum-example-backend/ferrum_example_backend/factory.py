@@ -40,12 +40,13 @@ class ExampleFactory:
         loaded = model if model is not None else load_model(
             config.model_path, max_model_len=config.max_sequence_length, model_types=MODEL_TYPES
         )
-        model = NumpyLlama.from_weights(
+        llm = NumpyLlama.from_weights(
             loaded.known_config,
             loaded.weights,
             max_batch_size=min(config.max_batch_size, MAX_BATCH_SIZE),
         )
-        return LlmExecutor(model, model_id=loaded.path.name, model_type=loaded.model_type)
+        return LlmExecutor(llm, model_id=loaded.path.name, model_type=loaded.model_type,
+                           declared=CAPABILITIES)
 
     def create_batch_executor(self, config: ExecutorConfig) -> BatchModelExecutor:
         """``LlmExecutor`` is a ``BatchModelExecutor``: one model call per batch."""
