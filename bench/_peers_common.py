@@ -166,11 +166,12 @@ class FerrumLLM:
     """A Ferrum backend through ``LLM`` (the engine a user gets), prefix cache off
     so a repeated prompt is computed again."""
 
-    def __init__(self, backend: str, dtype: str, threads: int, max_num_seqs: int = 16) -> None:
+    def __init__(self, backend: str, dtype: str, threads: int, max_num_seqs: int = 16,
+                 options: dict[str, Any] | None = None) -> None:
         from ferrum_core.engine import LLM
 
         self.llm = LLM(None, backend, dtype=dtype, threads=threads, max_num_seqs=max_num_seqs,
-                       enable_prefix_caching=False)
+                       enable_prefix_caching=False, executor_options=options or {})
 
     def _one(self, prompt: list[int], n: int) -> Any:
         from ferrum_core.engine import SamplingParams

@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,6 @@ from _peers_common import (
     Slot,
     bench_cache_dir,
     chat_prompt_ids,
-    fmt,
     log,
     ratio_of,
     table,
@@ -79,11 +79,11 @@ LABELS = {"ferrum-cpu-fp32": "ferrum cpu fp32", "ferrum-cpu-int8": "ferrum cpu i
 def builders(args: argparse.Namespace, model_dir: Path, gguf: Path, cache: Path) -> dict[str, Any]:
     from _peers_cpu import HfTransformers, LlamaCpp, OrtGenAI, ort_genai_model
 
-    t = args.threads
+    t, level = args.threads, {"accuracy_level": args.cpu_accuracy_level}
     return {
         "ferrum-cpu-fp32": lambda: FerrumLLM("cpu", "fp32", t),
-        "ferrum-cpu-int8": lambda: FerrumLLM("cpu", "int8", t),
-        "ferrum-cpu-int4": lambda: FerrumLLM("cpu", "int4", t),
+        "ferrum-cpu-int8": lambda: FerrumLLM("cpu", "int8", t, options=level),
+        "ferrum-cpu-int4": lambda: FerrumLLM("cpu", "int4", t, options=level),
         "ferrum-torch-fp32": lambda: FerrumLLM("torch", "fp32", t),
         "transformers-fp32": lambda: HfTransformers(str(model_dir)),
         "llama.cpp": lambda: LlamaCpp(gguf, t),
@@ -135,6 +135,42 @@ def concurrent(slots: dict[str, Slot], args: argparse.Namespace, vocab: int) -> 
     return out
 
 
+def profile(args: argparse.Namespace, model_dir: Path, cache: Path, chat: list[int]) -> None:
+    """ORT's profiler on ferrum cpu int4 and ORT GenAI int4 decoding the chat prompt."""
+    import gc
+    import time
+
+    from _peers_cpu import ort_genai_model
+    from _peers_profile import ort_genai_profiled, profiled_sessions, report, summarise
+
+    out = cache / "profiles" / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True)
+    results = {}
+    with profiled_sessions(out / "ferrum-cpu-int4") as sessions:
+        ferrum = FerrumLLM("cpu", "int4", args.threads,
+                           options={"accuracy_level": args.cpu_accuracy_level})
+    ferrum.decode(chat, 8)
+    rate = statistics.median(ferrum.decode(chat, args.decode_tokens) for _ in range(args.repeat))
+    traces = [Path(s.end_profiling()) for s in sessions]
+    ferrum.close()
+    results["ferrum cpu int4"] = {**summarise(traces), "wall_ms": 1000 / rate}
+    genai = ort_genai_profiled(ort_genai_model(model_dir, "int4", cache), args.threads,
+                               out / "ort-genai-int4")
+    genai.decode(chat, 8)
+    rate = statistics.median(genai.decode(chat, args.decode_tokens) for _ in range(args.repeat))
+    del genai
+    gc.collect()
+    traces = sorted(out.glob("ort-genai-int4*.json"))
+    results["ORT GenAI int4"] = {**summarise(traces), "wall_ms": 1000 / rate}
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"batch-1 decode of {args.decode_tokens} tokens x {args.repeat} (+8 warm-up), "
+          f"{args.threads} threads, ferrum accuracy_level {args.cpu_accuracy_level}; "
+          f"traces in {out}")
+    print(report(results))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -148,6 +184,12 @@ def main() -> None:
                         help=f"comma-separated subset of {', '.join(ENGINES)}")
     parser.add_argument("--no-concurrent", action="store_true",
                         help="skip the 16-concurrent-requests part")
+    parser.add_argument("--cpu-accuracy-level", type=int, default=4,
+                        help="ferrum cpu int8/int4 MatMulNBits activations: 4 = int8 (as ORT "
+                             "GenAI's CPU default and llama.cpp's Q4 dot products), 1 = fp32")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of the table: ORT profiles of ferrum cpu int4 and ORT "
+                             "GenAI int4 batch-1 decode, per op type")
     parser.add_argument("--cache-dir", default=None, help="default: $FERRUM_HOME/bench")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -169,6 +211,9 @@ def main() -> None:
     chat = chat_prompt_ids(model_dir)
     log(f"model {model_dir} (from {gguf.name}), threads {args.threads}, cpus {os.cpu_count()}, "
         f"chat prompt {len(chat)} tokens")
+    if args.profile:
+        profile(args, model_dir, cache, chat)
+        return
     build = builders(args, model_dir, gguf, cache)
     slots = {name: Slot(LABELS[name], build[name]) for name in chosen}
     for slot in slots.values():
@@ -212,8 +257,10 @@ def report(args: argparse.Namespace, slots: dict[str, Slot], multi: dict[str, Sl
         for name, target in (("cpu int4 / transformers fp32", 3.0),
                              ("cpu int4 / torch fp32", 1.0)):
             print(target_line(f"{name} ({args.num_requests} concurrent)", mr[name], target))
-        print(f"{f'torch fp32 / transformers fp32 ({args.num_requests} concurrent)':<52}"
-              f"{fmt(mr['torch fp32 / transformers fp32'], '.2f') + 'x':>8}")
+        value = mr["torch fp32 / transformers fp32"]
+        shown = "-" if value is None else f"{value:.2f}x"
+        name = f"(torch fp32 / transformers fp32, {args.num_requests} concurrent)"
+        print(f"{name:<52}{shown:>8}")
 
 if __name__ == "__main__":
     main()
