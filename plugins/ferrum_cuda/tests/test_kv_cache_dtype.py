@@ -151,3 +151,20 @@ def test_cli_kv_cache_dtype_reaches_the_pool(tiny: Callable[[str], TinyModel]) -
     assert runs["bf16"] != runs[None]
     bad = CliRunner().invoke(cli, ["generate", "x", "--kv-cache-dtype", "int8"])
     assert bad.exit_code == 2 and "int8" in bad.stderr
+
+
+def test_cuda_graphs_static_path_with_a_bf16_pool(tiny: Callable[[str], TinyModel]) -> None:
+    """The `cuda` backend's padded decode (replayed eagerly on the CPU, as in
+    test_torch_cuda_graphs_cpu) over a bf16 pool equals the ragged eager path."""
+    from ferrum_cuda.cuda_graphs import DecodeGraphs, eager_replay
+
+    model = tiny("llama_gqa")
+    # Plain F.linear: prepacked GEMMs pick kernels by row count, and a 1-ulp difference in
+    # a K value (3 rows eager, 4 padded) can round to another bf16 value (~1e-4 in logits).
+    kw = {"num_blocks": 256, "block_size": 4, "kv_cache_dtype": DataType.BF16, "prepack": False}
+    static = model.build(workspace_bytes=0, **kw)
+    static._graphs = DecodeGraphs(static.transformer, max_batch_size=16, capturer=eager_replay)
+    static.pool.data.fill_(float("nan"))  # a masked key reading unwritten memory would show
+    got, want = _run(static), _run(model.build(**kw))
+    assert (static.cache_metrics_snapshot() or {})["cuda_graph_replays"] == 4
+    assert _max_rel(got, want) < 1e-5
