@@ -14,7 +14,9 @@ __all__ = ["Embedding", "Linear", "fuse"]
 
 @dataclass(frozen=True, slots=True)
 class Linear:
-    """``y = x @ W.T + b`` with ``W`` ``[out, in]`` dense, or affine-quantised along ``in``."""
+    """``y = x @ W.T + b``: ``dense`` holds ``W.T`` (``[in, out]``, contiguous: MLX's CPU
+    matmul runs ~1.5x faster on it than on a transposed view), or ``quant`` holds ``W``
+    ``[out, in]`` affine-quantised along ``in``."""
 
     dense: mx.array | None
     quant: AffineWeight | None
@@ -25,7 +27,7 @@ class Linear:
         if self.quant is not None:
             return self.quant.shape[0]
         assert self.dense is not None
-        return int(self.dense.shape[0])
+        return int(self.dense.shape[1])
 
     @property
     def nbytes(self) -> int:
@@ -40,8 +42,8 @@ class Linear:
             return y if self.bias is None else y + self.bias
         assert self.dense is not None
         if self.bias is not None:
-            return mx.addmm(self.bias, x, self.dense.T)
-        return x @ self.dense.T
+            return mx.addmm(self.bias, x, self.dense)
+        return x @ self.dense
 
 
 def fuse(parts: Sequence[Linear]) -> Linear | None:
@@ -54,7 +56,7 @@ def fuse(parts: Sequence[Linear]) -> Linear | None:
     if first.quant is None:
         if any(p.dense is None for p in parts):
             return None
-        return Linear(mx.concatenate([p.dense for p in parts]), None, bias)  # type: ignore[misc]
+        return Linear(mx.concatenate([p.dense for p in parts], axis=1), None, bias)  # type: ignore[misc]
     quants = [p.quant for p in parts]
     if any(q is None or (q.group_size, q.bits, q.scales.dtype) !=
            (first.quant.group_size, first.quant.bits, first.quant.scales.dtype) for q in quants):
@@ -70,7 +72,9 @@ def fuse(parts: Sequence[Linear]) -> Linear | None:
 
 @dataclass(frozen=True, slots=True)
 class Embedding:
-    """Token embedding ``[vocab, hidden]``; a quantised table is dequantised per looked-up row."""
+    """Token embedding: ``dense`` holds the table transposed (``[hidden, vocab]``, the
+    layout the tied output projection wants; a lookup reads one column per token), or
+    ``quant`` the ``[vocab, hidden]`` table quantised, dequantised per looked-up row."""
 
     dense: mx.array | None
     quant: AffineWeight | None
@@ -83,7 +87,7 @@ class Embedding:
         q = self.quant
         if q is None:
             assert self.dense is not None
-            return self.dense[ids]
+            return mx.take(self.dense, ids, axis=1).T
         return mx.dequantize(q.weight[ids], q.scales[ids], q.biases[ids],
                              group_size=q.group_size, bits=q.bits)
 

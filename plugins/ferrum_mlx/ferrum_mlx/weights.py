@@ -85,7 +85,8 @@ class _Loader:
         if quant is not None:
             self._count(name, quant.source, quant.nbytes)
             return None, quant
-        dense = mx.array(np.asarray(self.source.get(name), np.float32)).astype(self.compute)
+        transposed = np.ascontiguousarray(np.asarray(self.source.get(name), np.float32).T)
+        dense = mx.array(transposed).astype(self.compute)  # [in, out]: see Linear
         self._count(name, str(self.source.dtype(name)), int(dense.nbytes))
         return dense, None
 

@@ -25,10 +25,11 @@ CASES = {
                              "num_attention_heads": 4, "num_key_value_heads": 2}),
 }
 FP32_TOLERANCE = 1e-4
-# Low-precision tolerances (max |diff| relative to max(1, max |logit|)), those of the
-# conformance suite: fp16 2e-2, bf16 6e-2; int8 0.15 and int4 0.3 for weights quantised
-# here from floats with mx.quantize (group 32 on these widths).
-TOLERANCES = {"fp16": 2e-2, "bf16": 6e-2, "int8": 0.15, "int4": 0.3}
+# Low-precision tolerances (max |diff| relative to max(1, max |logit|)); measured here:
+# fp16 ~2e-3, bf16 ~1e-2, int8 ~2.5e-2, int4 ~0.22 (weights quantised from floats with
+# mx.quantize, group 32: random tiny weights are the worst case for 4 bits). int4 keeps
+# the conformance suite's 0.3; the exact int4 check is in test_mlx_quantised.py.
+TOLERANCES = {"fp16": 1e-2, "bf16": 3e-2, "int8": 0.06, "int4": 0.3}
 
 Tiny = Callable[[str], tuple[Path, np.ndarray]]
 
