@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import ferrum_mlx.plugin as plugin
 import pytest
+from click.testing import CliRunner
 from ferrum_mlx.factory import MlxExecutorFactory
 
-from ferrum_core.backends import BackendState, create_executor, get_registry
+from ferrum_core.backends import create_executor, get_backend
+from ferrum_core.cli.main import cli
 from ferrum_core.errors import BackendUnavailableError, InvalidInputError, UnsupportedError
 from ferrum_core.protocol import ExecutorConfig
 from ferrum_core.types import DataType
@@ -18,11 +21,12 @@ from tests.tiny_models import build_tiny_gpt2, build_tiny_model
 
 
 def test_registered_on_the_cpu_device_here() -> None:
-    record = get_registry().get("mlx")
-    assert record.state == BackendState.AVAILABLE
-    assert record.priority == plugin.CPU_PRIORITY == 15
-    assert "MLX CPU device" in record.reason
-    caps = record.descriptor.capabilities
+    result = CliRunner().invoke(cli, ["list-backends", "--json"])
+    assert result.exit_code == 0, result.stderr
+    row = next(b for b in json.loads(result.stdout)["backends"] if b["name"] == "mlx")
+    assert (row["state"], row["priority"], row["distribution"]) == ("available", 15, "ferrum-mlx")
+    assert "MLX CPU device" in row["reason"]
+    caps = get_backend("mlx").capabilities
     assert caps is not None and caps.supported_devices == ("cpu",)
     assert {DataType.INT4, DataType.INT8, DataType.FP32} <= set(caps.supported_dtypes)
 
