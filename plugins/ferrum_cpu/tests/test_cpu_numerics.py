@@ -85,3 +85,25 @@ def test_verify_truncate_and_release(tiny: Callable[..., Path]) -> None:
     row, _ = decode(executor, 9, first)
     assert rel_err(row, hf_logits(path, [4, 5, 6, 9])[3]) < TOL
     executor.shutdown()
+
+
+def test_kv_pool_growth_keeps_every_sequence(tiny: Callable[..., Path]) -> None:
+    """Slots double and rows double (KV copied once per growth); all sequences stay exact."""
+    path = tiny("llama")
+    rng = np.random.default_rng(0)
+    long = [int(t) for t in rng.integers(5, 250, 300)]
+    executor = cpu_executor(path, max_chunk_tokens=128)
+    _, a = prefill(executor, IDS[:6])
+    _, b = prefill(executor, IDS[:3])
+    row, c = prefill(executor, long[:299])  # 256 -> 512 rows, 2 -> 4 slots
+    assert executor.cache_metrics_snapshot()["kv_rows_per_slot"] >= 299
+    want_long = hf_logits(path, long)
+    assert rel_err(row, want_long[298]) < TOL
+    row, _ = decode(executor, long[299], c)
+    assert rel_err(row, want_long[299]) < TOL
+    want = hf_logits(path, IDS)
+    row, _ = decode(executor, IDS[6], a)
+    assert rel_err(row, want[6]) < TOL
+    row, _ = decode(executor, IDS[3], b)
+    assert rel_err(row, want[3]) < TOL
+    executor.shutdown()
