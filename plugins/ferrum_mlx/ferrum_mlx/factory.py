@@ -84,7 +84,10 @@ class MlxExecutorFactory:
         from ferrum_mlx.model import MlxDecoderLLM
         from ferrum_mlx.weights import load_weights
 
-        mx_device = self._mx_device(self.device_for(config))
+        device = self.device_for(config)
+        if device == "metal" and "device" not in config.model_fields_set:
+            device = "metal" if mx.metal.is_available() else "cpu"  # chosen at load
+        mx_device = self._mx_device(device)
         loaded = model
         if loaded is None:
             loaded = load_model(config.model_path, max_model_len=config.max_sequence_length,
@@ -103,7 +106,7 @@ class MlxExecutorFactory:
             if model is None:
                 loaded.weights.close()
         llm = MlxDecoderLLM(
-            cfg, weights, dtype=config.dtype, device=self.device_for(config),
+            cfg, weights, dtype=config.dtype, device=device,
             mx_device=mx_device, max_batch_size=config.max_batch_size,
             supported_dtypes=SUPPORTED_DTYPES,
         )  # fmt: skip
