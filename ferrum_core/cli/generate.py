@@ -25,6 +25,8 @@ __all__ = ["generate", "chat", "bench"]
 F = TypeVar("F", bound=Callable[..., Any])
 DTYPES = ("auto", "fp32", "fp16", "bf16", "int8", "int4")
 KV_CACHE_DTYPES = ("auto", "fp32", "bf16", "fp16")
+TP_HELP = ("Split the model over N ranks (tensor parallelism; executor option "
+           "tensor_parallel_size, for backends that have it: torch, cuda).")
 KV_CACHE_DTYPE_HELP = ("Store the KV cache in this dtype (auto: the compute dtype); executor "
                        "option kv_cache_dtype, for backends that have it (torch, cuda).")
 
@@ -72,6 +74,25 @@ def _read_line() -> str | None:
         ) from None
 
 
+def remember_option(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Keep an option that no command signature names in ``ctx.meta`` (read by ``_load``)."""
+    if param.name is not None:
+        ctx.meta[f"ferrum.{param.name}"] = value
+    return value
+
+
+def tensor_parallel_option() -> Callable[[F], F]:
+    return click.option("--tensor-parallel-size", type=click.IntRange(min=1), default=None,
+                        expose_value=False, callback=remember_option, help=TP_HELP)
+
+
+def tensor_parallel_size() -> int | None:
+    """``--tensor-parallel-size`` of the running command (None: not given)."""
+    ctx = click.get_current_context(silent=True)
+    value = ctx.meta.get("ferrum.tensor_parallel_size") if ctx is not None else None
+    return int(value) if value is not None else None
+
+
 def _model_options(func: F) -> F:
     options = [
         click.option("--model", "-m", default=None, metavar="DIR|FILE.gguf",
@@ -84,6 +105,7 @@ def _model_options(func: F) -> F:
                      help="CPU threads for the backend."),
         click.option("--kv-cache-dtype", type=click.Choice(KV_CACHE_DTYPES), default=None,
                      help=KV_CACHE_DTYPE_HELP),
+        tensor_parallel_option(),
         click.option("--max-model-len", type=click.IntRange(min=2), default=None),
     ]
     for option in reversed(options):
@@ -117,6 +139,8 @@ def _load(model: str | None, backend: str | None, dtype: str, threads: int | Non
         config["threads"] = threads
     if kv_cache_dtype is not None:
         config["executor_options"] = {"kv_cache_dtype": kv_cache_dtype}
+    if tensor_parallel_size() is not None:
+        config["tensor_parallel_size"] = tensor_parallel_size()
     if max_model_len is not None:
         config["max_model_len"] = max_model_len
     return LLM(model, backend, **config)

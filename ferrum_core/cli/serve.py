@@ -10,7 +10,14 @@ from typing import Any
 
 import click
 
-from ferrum_core.cli.generate import DTYPES, KV_CACHE_DTYPE_HELP, KV_CACHE_DTYPES, _errors
+from ferrum_core.cli.generate import (
+    DTYPES,
+    KV_CACHE_DTYPE_HELP,
+    KV_CACHE_DTYPES,
+    _errors,
+    tensor_parallel_option,
+    tensor_parallel_size,
+)
 
 __all__ = ["serve", "is_loopback"]
 
@@ -60,6 +67,7 @@ def _served_names(given: str | None, model: str | None, directory: str) -> tuple
               help="CPU threads for the backend.")
 @click.option("--kv-cache-dtype", type=click.Choice(KV_CACHE_DTYPES), default=None,
               help=KV_CACHE_DTYPE_HELP)
+@tensor_parallel_option()
 @click.option("--max-model-len", type=click.IntRange(min=2), default=None)
 @click.option("--max-num-seqs", type=click.IntRange(min=1), default=None)
 @click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1 << 20,
@@ -93,6 +101,8 @@ def serve(model: str | None, backend: str | None, host: str, port: int,
                 config[key] = value
         if kv_cache_dtype is not None:
             config["executor_options"] = {"kv_cache_dtype": kv_cache_dtype}
+        if tensor_parallel_size() is not None:
+            config["tensor_parallel_size"] = tensor_parallel_size()
         names = _served_names(served_model_name, model, "")
         settings = ServerSettings(served_model_names=names, api_key=api_key,
                                   max_body_bytes=max_body_bytes)

@@ -39,6 +39,8 @@ class EngineConfig(BaseModel):
     speculative_model: str | None = None
     num_speculative_tokens: int = Field(default=4, ge=1, le=32)
     threads: int | None = Field(default=None, ge=1)
+    tensor_parallel_size: int | None = Field(default=None, ge=1)
+    """Ranks the model is split over (executor option ``tensor_parallel_size``)."""
     device: str | None = None
     executor_options: dict[str, Any] = Field(default_factory=dict)
     """Backend-specific keys for the factory, as they are (``ExecutorConfig.executor_options``);
@@ -58,6 +60,8 @@ class EngineConfig(BaseModel):
                                    "enable_prefix_caching": self.enable_prefix_caching}
         if self.threads is not None:
             options["threads"] = self.threads
+        if self.tensor_parallel_size is not None:
+            options["tensor_parallel_size"] = self.tensor_parallel_size
         extra: dict[str, Any] = {} if self.device is None else {"device": self.device}
         try:
             return ExecutorConfig(

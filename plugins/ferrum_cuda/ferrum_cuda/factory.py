@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     import torch
 
     from ferrum_core.plugin import BatchModelExecutor, LlmExecutor, LoadedModel, ModelConfig
+    from ferrum_cuda.model import TorchDecoderLLM, TpLink
+    from ferrum_cuda.tp.shard import ShardPlan
 
 __all__ = ["TorchExecutorFactory", "default_num_blocks"]
 
@@ -75,7 +77,9 @@ class TorchExecutorFactory:
     CPU GEMMs, default on), ``decode_workspace_mb`` (CPU decode workspace
     budget, default 1024, 0 disables), ``cpu_kernels`` / ``cpu_gemm`` / ``cpu_isa`` (the
     fused fp32 CPU kernels, see :mod:`ferrum_cuda.cpu_native.settings`), ``kv_cache_dtype``
-    (``auto`` = the compute dtype, ``fp32``, ``bf16``, ``fp16``: the paged KV pool's dtype).
+    (``auto`` = the compute dtype, ``fp32``, ``bf16``, ``fp16``: the paged KV pool's dtype),
+    ``tensor_parallel_size`` / ``tensor_parallel_timeout_s`` / ``tensor_parallel_port``
+    (see :mod:`ferrum_cuda.tp`).
     """
 
     def __init__(self, kind: Literal["cuda", "cpu"] = "cpu") -> None:
@@ -85,7 +89,7 @@ class TorchExecutorFactory:
 
     def supported_types(self) -> list[ExecutorType]:
         return [ExecutorType.SEQUENTIAL, ExecutorType.BATCH, ExecutorType.CONTINUOUS_BATCH,
-                ExecutorType.SPECULATIVE]  # fmt: skip
+                ExecutorType.SPECULATIVE, ExecutorType.TENSOR_PARALLEL]  # fmt: skip
 
     def device_for(self, config: ExecutorConfig) -> str:
         """The device this factory runs ``config`` on (``cuda`` defaults to ``cuda:0``)."""
@@ -125,6 +129,9 @@ class TorchExecutorFactory:
                 raise InvalidInputError(f"executor option {key!r} must be a bool, got {value!r}")
         kv_cache_dtype(config)
         from ferrum_cuda.cpu_native.settings import NativeOptions
+        from ferrum_cuda.tp.options import TpOptions
+
+        TpOptions.from_options(options)
 
         NativeOptions.from_options(options)
 
@@ -137,22 +144,47 @@ class TorchExecutorFactory:
     ) -> LlmExecutor:
         """``model``: what ``load_model`` produced for ``config`` (else loaded here)."""
         self.validate_config(config)
+        from ferrum_core.plugin import LlmExecutor
+        from ferrum_cuda.tp.executor import create_tp_executor, wants_tp
+
+        self._torch_device(self.device_for(config))  # no device: fail before loading
+        if wants_tp(config):
+            return create_tp_executor(self, config, model)
+        loaded = self.load(config, model)
+        llm = self.build_llm(config, loaded)
+        family = loaded.known_config.model_type
+        return LlmExecutor(llm, model_id=loaded.path.name, model_type=family)
+
+    def load(self, config: ExecutorConfig, model: LoadedModel | None = None) -> LoadedModel:
+        from ferrum_core.plugin import load_model
+        from ferrum_cuda.plugin import MODEL_TYPES
+
+        return model if model is not None else load_model(
+            config.model_path, max_model_len=config.max_sequence_length, model_types=MODEL_TYPES
+        )
+
+    def build_llm(
+        self, config: ExecutorConfig, loaded: LoadedModel, *, tp: TpLink | None = None,
+        plan: ShardPlan | None = None, device_index: int = 0,
+    ) -> TorchDecoderLLM:  # fmt: skip
+        """The model of ``config``; with ``tp`` and ``plan``, this rank's shard of it (on
+        ``cuda:device_index + rank`` for the cuda backend)."""
         import torch
 
-        from ferrum_core.plugin import LlmExecutor, load_model, rope_inv_freq
+        from ferrum_core.plugin import rope_inv_freq
         from ferrum_cuda.cpu_native.settings import NativeOptions, choose_native
         from ferrum_cuda.model import TorchDecoderLLM
+        from ferrum_cuda.tp.shard import ShardedSource
 
         device = self._torch_device(self.device_for(config))
+        if device.type == "cuda" and plan is not None:
+            device = torch.device("cuda", device_index + plan.rank)
         options: dict[str, Any] = config.executor_options
         if options.get("threads"):
             torch.set_num_threads(int(options["threads"]))
-        from ferrum_cuda.plugin import MODEL_TYPES
-
-        loaded = model if model is not None else load_model(
-            config.model_path, max_model_len=config.max_sequence_length, model_types=MODEL_TYPES
-        )
-        cfg = loaded.known_config
+        full = loaded.known_config
+        cfg = full if plan is None else plan.local_config()
+        source = loaded.weights if plan is None else ShardedSource(loaded.weights, plan)
         block_size = config.attention_config.block_size or DEFAULT_BLOCK_SIZE
         num_blocks = config.memory_config.num_kv_blocks
         kv_dtype = kv_cache_dtype(config)
@@ -162,7 +194,7 @@ class TorchExecutorFactory:
         try:
             weights = TorchDecoderLLM.load_weights(
                 cfg,
-                loaded.weights,
+                source,
                 config.dtype,
                 device,
                 prepack=bool(options.get("prepack_weights", True)),
@@ -172,16 +204,16 @@ class TorchExecutorFactory:
             loaded.weights.close()
         if num_blocks is None:
             num_blocks = default_num_blocks(
-                cfg,
+                full,
                 block_size=block_size,
                 max_batch_size=config.max_batch_size,
                 element_size=int(kv_dtype.bytes_per_element),
                 budget_bytes=self._kv_budget(device, config),
             )
-        llm = TorchDecoderLLM(
+        return TorchDecoderLLM(
             cfg,
             weights,
-            rope_inv_freq(cfg),
+            rope_inv_freq(full),
             dtype=config.dtype,
             device=device,
             num_blocks=num_blocks,
@@ -192,8 +224,8 @@ class TorchExecutorFactory:
             workspace_bytes=int(options.get("decode_workspace_mb", DEFAULT_WORKSPACE_MB)) << 20,
             kv_cache_dtype=kv_dtype,
             native=native,
+            tp=tp,
         )
-        return LlmExecutor(llm, model_id=loaded.path.name, model_type=cfg.model_type)
 
     def create_batch_executor(self, config: ExecutorConfig) -> BatchModelExecutor:
         """``LlmExecutor`` is a ``BatchModelExecutor``: one model call per batch."""

@@ -9,13 +9,14 @@ written, and a failing forward rolls the sequences back.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from ferrum_core.errors import InvalidInputError
+from ferrum_core.errors import FerrumError, InvalidInputError, UnsupportedError
 from ferrum_core.plugin import (
     ActiveLoraAdapter,
     AppendRequest,
@@ -36,16 +37,32 @@ from ferrum_cuda.layers import RopeTables
 from ferrum_cuda.linear import use_panel_kernels
 from ferrum_cuda.lora import LoraBatch, LoraRegistry
 from ferrum_cuda.paged_cache import PagedKvPool
-from ferrum_cuda.transformer import Transformer
+from ferrum_cuda.transformer import TpHook, Transformer
 from ferrum_cuda.weights import ModelWeights, WeightReader, load_weights
 from ferrum_cuda.workspace import DecodeWorkspace
 
-__all__ = ["TORCH_DTYPES", "TorchDecoderLLM"]
+__all__ = ["TORCH_DTYPES", "TorchDecoderLLM", "TpLink"]
 
 DEFAULT_WORKSPACE_BYTES = 1 << 30
 
 TORCH_DTYPES = {DataType.FP32: torch.float32, DataType.FP16: torch.float16,
                 DataType.BF16: torch.bfloat16}  # fmt: skip
+
+
+class TpLink(Protocol):
+    """This rank's place in a tensor-parallel group (see :mod:`ferrum_cuda.tp`)."""
+
+    size: int
+    full_config: ModelConfig  # the whole model (the layers get the shard's config)
+    num_parameters: int  # of the whole model
+    ops: TpHook
+
+    def share(self, step: StepBatch) -> None:
+        """Rank 0: send the step to the workers (they run it on their shards)."""
+
+    def failure(self, exc: BaseException) -> FerrumError:
+        """The typed error a failed collective stands for (a dead or stalled worker)."""
+        ...
 
 
 class TorchDecoderLLM:
@@ -68,9 +85,12 @@ class TorchDecoderLLM:
         fused_kernels: bool = True,
         kv_cache_dtype: DataType | None = None,
         native: NativeUse | None = None,
+        tp: TpLink | None = None,
     ) -> None:
         """``kv_cache_dtype``: the paged pool's dtype (``None``: ``dtype``). ``native``: the
-        CPU kernels to use (default: those ``fused_kernels`` asks for)."""
+        CPU kernels to use (default: those ``fused_kernels`` asks for). ``tp``: ``cfg`` and
+        ``weights`` are this rank's shard; no workspace, CUDA graphs or LoRA."""
+        self.tp = tp
         self.model_config = cfg
         self.dtype = dtype
         self.kv_dtype = kv_cache_dtype or dtype
@@ -95,12 +115,13 @@ class TorchDecoderLLM:
         rope = RopeTables(inv_freq, positions, TORCH_DTYPES[dtype], device)
         self.kernels = self.native.kernels
         self.transformer = Transformer(
-            cfg, weights, rope, self.pool, self.kernels, kv_fused=self.native.kv_fused
+            cfg, weights, rope, self.pool, self.kernels, kv_fused=self.native.kv_fused,
+            tp=tp.ops if tp is not None else None,
         )
         self._group = cfg.num_attention_heads // cfg.num_key_value_heads
         self.lora = LoraRegistry(cfg, TORCH_DTYPES[dtype], device)
         self.workspace = None
-        if device.type == "cpu" and workspace_bytes > 0:
+        if device.type == "cpu" and workspace_bytes > 0 and tp is None:
             self.workspace = DecodeWorkspace(
                 num_layers=cfg.num_hidden_layers,
                 kv_heads=cfg.num_key_value_heads,
@@ -111,14 +132,18 @@ class TorchDecoderLLM:
             )
         self._graphs = (
             DecodeGraphs(self.transformer, max_batch_size=min(max_batch_size, 256))
-            if cuda_graphs and device.type == "cuda"
+            if cuda_graphs and device.type == "cuda" and tp is None
             else None
         )
         self._runtime = runtime_config(
-            cfg, weights.num_parameters, dtype=dtype, device=device,
-            max_batch_size=max_batch_size, prefix_caching=enable_prefix_caching,
-            extra={"block_size": block_size, "num_kv_blocks": num_blocks},
+            cfg if tp is None else tp.full_config,
+            weights.num_parameters if tp is None else tp.num_parameters, dtype=dtype,
+            device=device, max_batch_size=max_batch_size, prefix_caching=enable_prefix_caching,
+            extra={"block_size": block_size, "num_kv_blocks": num_blocks,
+                   "tensor_parallel_size": 1 if tp is None else tp.size},
         )  # fmt: skip
+        if tp is not None:
+            self._runtime = dataclasses.replace(self._runtime, supports_lora=False)
 
     @classmethod
     def from_source(
@@ -198,12 +223,18 @@ class TorchDecoderLLM:
         return min(self.model_config.max_model_len, self.manager.max_tokens_per_sequence)
 
     def set_lora_adapter_for_cache(self, cache_id: str, adapter: ActiveLoraAdapter | None) -> None:
+        if adapter is not None and self.tp is not None:
+            raise UnsupportedError(
+                f"LoRA adapter {adapter.name!r}: adapters are not supported under tensor "
+                f"parallelism (tensor_parallel_size={self.tp.size})"
+            )
         self.lora.assign(cache_id, adapter)
 
     def cache_metrics_snapshot(self) -> dict[str, Any] | None:
         metrics: dict[str, Any] = dict(self.manager.metrics())
         metrics["kv_bytes_per_block"] = self.pool.bytes_per_block()
         metrics["kv_cache_dtype"] = self.kv_dtype.value
+        metrics["tensor_parallel_size"] = 1 if self.tp is None else self.tp.size
         metrics["cpu_kernels"] = self.native.report()
         if self.workspace is not None:
             metrics["decode_workspace_reuses"] = self.workspace.reuses
@@ -261,6 +292,13 @@ class TorchDecoderLLM:
         self, works: Sequence[Work], results: Sequence[AppendResult]
     ) -> list[np.ndarray | None]:
         step = StepBatch.build(works, results)
+        if self.tp is not None:
+            try:  # the workers run the same step on their shards
+                self.tp.share(step)
+                rows = self.run_shard(step)
+            except RuntimeError as exc:  # a collective failed: a worker died or stalled
+                raise self.tp.failure(exc) from exc
+            return [None] * len(works) if rows is None else step.split(works, rows)
         self.pool.copy_blocks(step.copies)
         if not step.ids:
             return [None] * len(works)
@@ -271,6 +309,15 @@ class TorchDecoderLLM:
         if logits is None:
             logits = self._eager(step, lora)
         return step.split(works, logits.cpu().numpy())
+
+    def run_shard(self, step: StepBatch) -> np.ndarray | None:
+        """One step on this rank's shard (tensor parallelism; every rank runs it)."""
+        self.pool.copy_blocks(step.copies)
+        if not step.ids:
+            return None
+        with torch.inference_mode():
+            logits: np.ndarray = self._eager(step, None).cpu().numpy()
+            return logits
 
     def _eager(self, step: StepBatch, lora: LoraBatch | None) -> torch.Tensor:
         device = self.device

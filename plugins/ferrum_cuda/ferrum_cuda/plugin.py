@@ -43,6 +43,7 @@ def static_capabilities(device: str) -> ExecutorCapabilities:
         supports_dynamic_batching=True,
         supports_continuous_batching=True,
         supports_speculative_decoding=True,
+        supports_tensor_parallelism=True,  # executor option tensor_parallel_size (ferrum_cuda.tp)
         supported_dtypes=(DataType.FP32, DataType.FP16, DataType.BF16),
         supported_devices=(device,),
         supports_native_unified_decode=True,

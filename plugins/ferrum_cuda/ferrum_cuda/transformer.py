@@ -20,13 +20,24 @@ from ferrum_cuda.layers import RopeTables, activation, apply_rope, rms_norm
 from ferrum_cuda.paged_cache import PagedKvPool
 from ferrum_cuda.weights import ModelWeights
 
-__all__ = ["LoraHook", "Transformer"]
+__all__ = ["LoraHook", "TpHook", "Transformer"]
 
 
 class LoraHook(Protocol):
     """Adds adapter deltas to a projection's output, row by row (see :mod:`ferrum_cuda.lora`)."""
 
     def apply(self, layer: int, site: str, x: torch.Tensor, out: torch.Tensor) -> None: ...
+
+
+class TpHook(Protocol):
+    """Tensor parallelism's collectives (see :mod:`ferrum_cuda.tp.ops`): the layers hold a
+    shard; these make the embedding, the row-parallel outputs and the logits whole."""
+
+    def embed(self, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor: ...
+
+    def reduce(self, partial: torch.Tensor) -> torch.Tensor: ...
+
+    def logits(self, local: torch.Tensor) -> torch.Tensor: ...
 
 
 def _head_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -46,8 +57,11 @@ class Transformer:
         kernels: CpuKernels | None = None,
         *,
         kv_fused: bool = True,
+        tp: TpHook | None = None,
     ) -> None:
-        """``kv_fused``: ``kernels`` also store K/V and attend (the pool is fp32)."""
+        """``kv_fused``: ``kernels`` also store K/V and attend (the pool is fp32). ``tp``: the
+        weights are this rank's shard (``cfg`` its local head counts); no fused step."""
+        self.tp = tp
         self.cfg = cfg
         self.weights = weights
         self.rope = rope
@@ -62,7 +76,7 @@ class Transformer:
         self._caches = [pool.layer(i) for i in range(cfg.num_hidden_layers)]
         # Pure decode steps over the workspace run as one C call where the kernels cover all.
         self.fused_step = None
-        if kernels is not None and FusedDecodeStep.covers(cfg, weights, pool):
+        if kernels is not None and tp is None and FusedDecodeStep.covers(cfg, weights, pool):
             self.fused_step = FusedDecodeStep(cfg, weights, pool, rope, kernels)
 
     def _add_norm(
@@ -91,7 +105,7 @@ class Transformer:
         eps, hd = cfg.rms_norm_eps, cfg.head_dim
         nh, nkv, inter = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size
         rows = ids.shape[0]
-        x = F.embedding(ids, w.embed)
+        x = F.embedding(ids, w.embed) if self.tp is None else self.tp.embed(ids, w.embed)
         kernels, norm = self.kernels, self._norm
         cos, sin = (None, None) if self._fused_rope else self.rope.gather(positions)
         h = norm(x, w.layers[0].input_norm, eps)
@@ -121,6 +135,8 @@ class Transformer:
             o = lw.o(attn)
             if lora is not None:
                 lora.apply(index, "o", attn, o)
+            if self.tp is not None:
+                o = self.tp.reduce(o)
             x, h = self._add_norm(x, o, lw.post_norm)
             gate_up = lw.gate_up(h)
             if lora is not None:
@@ -133,6 +149,8 @@ class Transformer:
             down = lw.down(a)
             if lora is not None:
                 lora.apply(index, "down", a, down)
+            if self.tp is not None:
+                down = self.tp.reduce(down)
             if index + 1 < len(w.layers):
                 x, h = self._add_norm(x, down, w.layers[index + 1].input_norm)
             else:
@@ -140,4 +158,5 @@ class Transformer:
         if logit_rows is not None:
             x = x.index_select(0, logit_rows)
         x = norm(x, w.final_norm, eps)
-        return w.lm_head(x).float()
+        logits = w.lm_head(x).float()
+        return logits if self.tp is None else self.tp.logits(logits)
