@@ -191,7 +191,8 @@ def main() -> None:
                         help="instead of the table: ORT profiles of ferrum cpu int4 and ORT "
                              "GenAI int4 batch-1 decode, per op type")
     parser.add_argument("--cache-dir", default=None, help="default: $FERRUM_HOME/bench")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print every figure as JSON")
+    parser.add_argument("--save", default=None, help="also write the JSON to this file")
     args = parser.parse_args()
     chosen = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = sorted(set(chosen) - set(ENGINES))
@@ -234,11 +235,14 @@ def report(args: argparse.Namespace, slots: dict[str, Slot], multi: dict[str, Sl
         mr = {"cpu int4 / transformers fp32": ratio_of(cpu, hf),
               "cpu int4 / torch fp32": ratio_of(cpu, torch_),
               "torch fp32 / transformers fp32": ratio_of(torch_, hf)}
+    document = json.dumps({"args": vars(args), "chat_prompt_tokens": chat_len,
+                           "batch1": {k: s.as_json() for k, s in slots.items()},
+                           "concurrent": {k: s.as_json() for k, s in multi.items()},
+                           "ratios_batch1_decode": ratios, "ratios_concurrent": mr}, indent=2)
+    if args.save:
+        Path(args.save).write_text(document)
     if args.json:
-        print(json.dumps({"args": vars(args), "chat_prompt_tokens": chat_len,
-                          "batch1": {k: s.as_json() for k, s in slots.items()},
-                          "concurrent": {k: s.as_json() for k, s in multi.items()},
-                          "ratios_batch1_decode": ratios, "ratios_concurrent": mr}, indent=2))
+        print(document)
         return
     print(f"batch 1, {args.threads} threads, median of {args.repeat} interleaved rounds; "
           f"decode: {args.decode_tokens} tokens after a {chat_len}-token chat prompt; "

@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from _peers_common import (
@@ -71,7 +72,8 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--no-concurrent", action="store_true")
     parser.add_argument("--cache-dir", default=None, help="default: $FERRUM_HOME/bench")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print every figure as JSON")
+    parser.add_argument("--save", default=None, help="also write the JSON to this file")
     args = parser.parse_args()
 
     from _peers_mlx import MlxLm, fp32_folder, q4_folder
@@ -122,10 +124,13 @@ def report(args: argparse.Namespace, slots: dict[str, Slot], chat_len: int) -> N
         ours, theirs = slots[f"ferrum-{dtype}"], slots[f"mlx-lm-{dtype}"]
         for what in ("decode", "prefill", "concurrent"):
             ratios[f"{what} {dtype}"] = ratio_of(ours.runs(what), theirs.runs(what))
+    document = json.dumps({"args": vars(args), "chat_prompt_tokens": chat_len,
+                           "engines": {k: s.as_json() for k, s in slots.items()},
+                           "ratios_ferrum_over_mlx_lm": ratios}, indent=2)
+    if args.save:
+        Path(args.save).write_text(document)
     if args.json:
-        print(json.dumps({"args": vars(args), "chat_prompt_tokens": chat_len,
-                          "engines": {k: s.as_json() for k, s in slots.items()},
-                          "ratios_ferrum_over_mlx_lm": ratios}, indent=2))
+        print(document)
         return
     import mlx.core as mx
 
