@@ -9,11 +9,16 @@ that broadcasts each step to the worker.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from ferrum_cuda.tp.group import free_port
 from torch_tiny import TinyModel, prompt
 
 from conformance.harness import Driver
@@ -100,3 +105,37 @@ def test_llm_and_cli_take_tensor_parallel_size(tiny: Callable[[str], TinyModel])
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["token_ids"] == list(texts[1])
+
+
+def test_torchrun_launch_joins_that_group(tiny: Callable[[str], TinyModel], tmp_path: Path) -> None:
+    """Under ``torchrun`` every process calls ``create_executor``; rank 0 gets the engine,
+    rank 1 serves its steps and exits when rank 0 shuts down."""
+    model = tiny("llama_gqa")
+    script = tmp_path / "run.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import os
+        from conformance.harness import Driver
+        from ferrum_core.backends import create_executor
+        from ferrum_core.protocol import ExecutorConfig
+        config = ExecutorConfig(model_path={str(model.path)!r}, max_batch_size=2,
+                                executor_options={{"tensor_parallel_size": 2}})
+        executor = create_executor(config, backend="torch")
+        rows = Driver(executor).run([5, 9, 17, 3], [7, 8])
+        print("rank", os.environ["RANK"], [int(r.argmax()) for r in rows], flush=True)
+        executor.shutdown()
+    """)
+    )
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), str(script)],
+        capture_output=True, text=True, timeout=300, check=False,
+        cwd=Path(__file__).resolve().parents[3],  # conformance/ importable
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    ref = _executor(model, 1)
+    try:
+        want = [int(r.argmax()) for r in Driver(ref).run([5, 9, 17, 3], [7, 8])]
+    finally:
+        ref.shutdown()
+    assert done.stdout.split("\n")[0] == f"rank 0 {want}"  # only rank 0 runs the engine

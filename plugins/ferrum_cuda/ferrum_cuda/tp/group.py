@@ -10,6 +10,7 @@ naming what happened instead of a hang.
 
 from __future__ import annotations
 
+import os
 import pickle
 import socket
 from datetime import timedelta
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch._C._distributed_c10d import AllgatherOptions, TCPStore
+from torch._C._distributed_c10d import AllgatherOptions, PrefixStore, TCPStore
 
 from ferrum_core.errors import BackendError, BackendUnavailableError
 
@@ -55,10 +56,13 @@ class TpGroup:
         self.rank, self.size, self.timeout_s = rank, size, timeout_s
         self.startup_s = max(timeout_s, STARTUP_S)
         timeout = timedelta(seconds=self.startup_s)
+        # Under torchrun its agent already serves the store on MASTER_PORT: join it.
+        master = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
         try:
-            self.store = TCPStore(
-                host, port, size, is_master=rank == 0, timeout=timeout, wait_for_workers=False
+            store = TCPStore(
+                host, port, size, is_master=master, timeout=timeout, wait_for_workers=False
             )
+            self.store = PrefixStore("ferrum-tp", store)  # apart from the user's own groups
         except (RuntimeError, OSError) as exc:
             if rank == 0 and "in use" in str(exc).lower():
                 raise BackendUnavailableError(
