@@ -75,12 +75,13 @@ def skip_rms_norm(parts: GraphParts, name: str, x: str, skip: str, weight: np.nd
                epsilon=float(eps))
 
 
-def project(parts: GraphParts, prefix: str, h: str, proj: Projection,
-            opts: LinearOptions) -> list[str]:  # fmt: skip
-    """One output per part of ``proj``: one matrix and a Split when fused, else one each."""
+def project(parts: GraphParts, prefix: str, h: str, proj: Projection, opts: LinearOptions,
+            names: list[str] | None = None) -> list[str]:  # fmt: skip
+    """One output per part of ``proj`` (named ``names`` when given): one matrix and a
+    Split when fused, else one matrix each."""
     lin: dict[str, Any] = dict(mode=opts.mode, accuracy_level=opts.accuracy_level,
                                block_size=opts.block_size)
-    outs = [f"{prefix}.{part}" for part in proj.parts]
+    outs = names or [f"{prefix}.{part}" for part in proj.parts]
     if proj.fused is not None:
         weight, bias = proj.fused
         parts.add(linear(f"{prefix}.fused", h, f"{prefix}.fused_out", weight, bias=bias, **lin))
@@ -135,8 +136,7 @@ def attention_block(
     attn_out = f"{p}.out"
     if padded != hd:
         attn_out = _unpad_heads(parts, f"{p}.out_unpad", attn_out, hd, padded)
-    (o,) = project(parts, f"{p}.o", attn_out, o_proj, opts)
-    parts.node("Identity", [o], [out], f"{p}.o_out")
+    project(parts, f"{p}.o", attn_out, o_proj, opts, [out])
 
 
 def attention_head_dim(head_dim: int) -> int:
@@ -185,5 +185,4 @@ def mlp_block(parts: GraphParts, layer: int, h: str, out: str, gate_up: Projecti
     parts.node("Sigmoid", [gate], [f"{p}.sig"], f"{p}.sigmoid")
     parts.node("Mul", [gate, f"{p}.sig"], [f"{p}.silu"], f"{p}.silu")
     parts.node("Mul", [f"{p}.silu", up], [f"{p}.act"], f"{p}.act")
-    (d,) = project(parts, f"{p}.down", f"{p}.act", down, opts)
-    parts.node("Identity", [d], [out], f"{p}.down_out")
+    project(parts, f"{p}.down", f"{p}.act", down, opts, [out])

@@ -85,10 +85,8 @@ class CpuExecutorFactory:
                 loaded.weights.close()
 
     def create_batch_executor(self, config: ExecutorConfig) -> BatchModelExecutor:
-        raise UnsupportedError(
-            "the cpu backend batches through unified_decode on the executor from "
-            "create_executor; it has no separate BatchModelExecutor"
-        )
+        """``LlmExecutor`` is a ``BatchModelExecutor``: one session run per batch."""
+        return self.create_executor(config)
 
 
 def _build_executor(config: ExecutorConfig, loaded: LoadedModel) -> LlmExecutor:

@@ -38,7 +38,7 @@ from ferrum_cpu.weights import ModelWeights
 
 __all__ = ["GRAPH_VERSION", "MODEL_TYPES", "GraphOptions", "build_graph", "check_supported"]
 
-GRAPH_VERSION = 3  # bump when the graph built from the same weights changes
+GRAPH_VERSION = 4  # bump when the graph built from the same weights changes
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 ACTIVATIONS = ("silu", "swish")
 OPSET = 21
