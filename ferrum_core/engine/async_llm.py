@@ -1,9 +1,10 @@
 """`AsyncLLM`: the engine for asyncio callers (the OpenAI-compatible server).
 
 One daemon thread (`EngineLoop`) owns the engine steps; each `generate` call
-gets an asyncio queue that the thread feeds with ``call_soon_threadsafe``, so
-requests from any number of coroutines (and threads using :attr:`llm`
-synchronously) join the same continuous batches.
+gets an asyncio queue that the thread feeds (one ``call_soon_threadsafe`` per
+event loop per step, carrying every delta of that step), so requests from any
+number of coroutines (and threads using :attr:`llm` synchronously) join the same
+continuous batches.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,25 +33,66 @@ _ids = itertools.count()
 _Item = StreamDelta | BaseException
 
 
+class _Outbox:
+    """Deltas produced in the loop thread during one engine step, handed to their event
+    loops in one ``call_soon_threadsafe`` per loop after the step (one wake-up per step,
+    not one per request). Deltas from any other thread (a synchronous `LLM` caller that
+    stepped the engine) are handed over at once, since no flush would follow them."""
+
+    __slots__ = ("_loop_thread", "_pending")
+
+    def __init__(self) -> None:
+        self._loop_thread: threading.Thread | None = None
+        self._pending: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[_Item], _Item]] = []
+
+    def bind(self, thread: threading.Thread) -> None:
+        self._loop_thread = thread
+
+    def put(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[_Item],
+            item: _Item) -> None:
+        if threading.current_thread() is self._loop_thread:
+            self._pending.append((loop, queue, item))
+        else:
+            _call_soon(loop, _hand_over, [(queue, item)])
+
+    def flush(self) -> None:
+        """In the loop thread, after a step: one hand-over per event loop."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[_Item], _Item]]] = {}
+        for loop, queue, item in pending:
+            by_loop.setdefault(loop, []).append((queue, item))
+        for loop, items in by_loop.items():
+            _call_soon(loop, _hand_over, items)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Any, items: Any) -> None:
+    # RuntimeError: the caller's event loop is closed, nobody is listening
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, items)
+
+
+def _hand_over(items: list[tuple[asyncio.Queue[_Item], _Item]]) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
+
+
 class _QueueSink:
-    """Hands deltas from the loop thread to one request's asyncio queue."""
+    """Hands deltas from the engine to one request's asyncio queue (through the outbox)."""
 
-    __slots__ = ("_loop", "queue")
+    __slots__ = ("_loop", "_outbox", "queue")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, outbox: _Outbox) -> None:
         self._loop = loop
+        self._outbox = outbox
         self.queue: asyncio.Queue[_Item] = asyncio.Queue()
 
     def deliver(self, delta: StreamDelta) -> None:
-        self._put(delta)
+        self._outbox.put(self._loop, self.queue, delta)
 
     def fail(self, error: BaseException) -> None:
-        self._put(error)
-
-    def _put(self, item: _Item) -> None:
-        # RuntimeError: the caller's event loop is closed, nobody is listening
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        self._outbox.put(self._loop, self.queue, error)
 
 
 class AsyncLLM:
@@ -76,7 +119,9 @@ class AsyncLLM:
     def _start(self, llm: LLM) -> None:
         self.llm = llm
         self._closed = False
-        self._loop = EngineLoop(llm, on_exit=self._fail_pending)
+        self._outbox = _Outbox()
+        self._loop = EngineLoop(llm, on_exit=self._fail_pending, after_step=self._outbox.flush)
+        self._outbox.bind(self._loop.thread)
 
     # --- generation -----------------------------------------------------------------
     async def generate(
@@ -102,7 +147,7 @@ class AsyncLLM:
         self._check_open()
         ids, text = encode_prompt(self.llm.tokenizer, prompt)
         rid = request_id if request_id is not None else f"areq-{next(_ids)}"
-        sink = _QueueSink(asyncio.get_running_loop())
+        sink = _QueueSink(asyncio.get_running_loop(), self._outbox)
         llm = self.llm
 
         def add() -> None:

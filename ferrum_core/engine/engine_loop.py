@@ -2,10 +2,12 @@
 
 Callers hand it commands (add, abort, forget: small callables run in the thread
 with the `LLM`'s lock held) and wake it; it steps the engine while any request
-is unfinished and sleeps otherwise. Every step takes the same lock as the
-synchronous `LLM` calls, so a thread using the `LLM` directly shares the batches
-and never steps concurrently with the loop. A failing step fails the requests in
-flight (through `LLM._step`); a failing command is logged; the thread survives both.
+is unfinished and sleeps otherwise; ``after_step`` runs after every step (and
+after commands), still in the thread, to hand the step's outputs over at once.
+Every step takes the same lock as the synchronous `LLM` calls, so a thread using
+the `LLM` directly shares the batches and never steps concurrently with the loop.
+A failing step fails the requests in flight (through `LLM._step`); a failing
+command is logged; the thread survives both.
 """
 
 from __future__ import annotations
@@ -30,20 +32,22 @@ Command = Callable[[], None]
 
 
 class EngineLoop:
-    def __init__(self, llm: LLM, *, on_exit: Command | None = None) -> None:
+    def __init__(self, llm: LLM, *, on_exit: Command | None = None,
+                 after_step: Command | None = None) -> None:
         self._llm = llm
+        self._after_step = after_step
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stopping = False
         self._on_exit = on_exit
         self.num_steps = 0
         self.last_stats: EngineStats = llm.engine.load()
-        self._thread = threading.Thread(target=self._run, name="ferrum-engine-loop", daemon=True)
-        self._thread.start()
+        self.thread = threading.Thread(target=self._run, name="ferrum-engine-loop", daemon=True)
+        self.thread.start()
 
     @property
     def is_alive(self) -> bool:
-        return self._thread.is_alive() and not self._stopping
+        return self.thread.is_alive() and not self._stopping
 
     def submit(self, command: Command) -> None:
         """Run ``command`` in the loop thread (lock held) before its next step."""
@@ -54,8 +58,8 @@ class EngineLoop:
         """Stop the thread after its current step (returns once it has exited)."""
         self._stopping = True
         self._wake.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout)
 
     def _run(self) -> None:
         llm = self._llm
@@ -72,6 +76,7 @@ class EngineLoop:
                     llm._step(self._snapshot)  # fresh stats before any delta is seen
                 else:
                     self._snapshot()
+                self._handed_over()
             if busy:
                 self._wake.set()
                 time.sleep(0)  # let waiting threads take the lock between steps
@@ -79,6 +84,15 @@ class EngineLoop:
             self._drain()
             if self._on_exit is not None:
                 self._on_exit()
+            self._handed_over()
+
+    def _handed_over(self) -> None:
+        """After each locked section: ``after_step`` (hands the step's deltas over)."""
+        if self._after_step is not None:
+            try:
+                self._after_step()
+            except Exception:
+                log.exception("engine loop hand-over failed")
 
     def _drain(self) -> None:
         while True:

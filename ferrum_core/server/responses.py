@@ -83,6 +83,31 @@ def _chunk_choice(engine: Any, prepared: Prepared, index: int, delta: StreamDelt
     return {"index": index, "text": delta.text, "logprobs": logprobs, "finish_reason": reason}
 
 
+class _ChunkTemplate:
+    """A request's stream chunk as text around its few changing values: the common
+    delta (no logprobs) costs one ``json.dumps`` of its text, not of a whole object."""
+
+    __slots__ = ("_chat", "_head", "_tail")
+
+    def __init__(self, prepared: Prepared) -> None:
+        header = json.dumps(_header(prepared, chunk=True))
+        self._head = header[:-1] + ', "choices": [{"index": '
+        self._tail = ', "usage": null}' if prepared.include_usage else "}"
+        self._chat = prepared.chat
+
+    def render(self, index: int, delta: StreamDelta, first: bool) -> str:
+        reason = finish_reason(delta.finish_reason)
+        text = json.dumps(delta.text)
+        if self._chat:
+            role = '"role": "assistant", ' if first else ""
+            body = f'"delta": {{{role}"content": {text}}}'
+        else:
+            body = f'"text": {text}'
+        closing = "null" if reason is None else json.dumps(reason)
+        return (f"data: {self._head}{index}, {body}, \"logprobs\": null, "
+                f"\"finish_reason\": {closing}}}]{self._tail}\n\n")
+
+
 async def sse_events(engine: Any, prepared: Prepared, streams: list[AsyncIterator[Any]],
                      metrics: ServerMetrics, arrival: float) -> AsyncIterator[str]:
     """One event per delta; the usage chunk when asked for; an error event if the engine
@@ -91,11 +116,16 @@ async def sse_events(engine: Any, prepared: Prepared, streams: list[AsyncIterato
     seen: set[int] = set()
     offsets: dict[int, int] = {}
     generated = 0
+    template = _ChunkTemplate(prepared) if prepared.num_logprobs is None else None
     try:
         async with aclosing(merged(streams, metrics, arrival)) as deltas:
             async for prompt, delta in deltas:
                 index = prompt * prepared.n + delta.index
                 generated += len(delta.token_ids)
+                if template is not None:
+                    yield template.render(index, delta, first=index not in seen)
+                    seen.add(index)
+                    continue
                 chunk = _header(prepared, chunk=True)
                 chunk["choices"] = [_chunk_choice(engine, prepared, index, delta, offsets,
                                                   first=index not in seen)]

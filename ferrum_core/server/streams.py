@@ -124,7 +124,5 @@ def _observe(metrics: ServerMetrics, clock: _Clock, delta: StreamDelta) -> None:
     if previous is None:
         metrics.ttft.observe(now - clock.arrival)
     else:
-        per_token = (now - previous) / len(delta.token_ids)
-        for _ in delta.token_ids:
-            metrics.tpot.observe(per_token)
+        metrics.tpot.observe((now - previous) / len(delta.token_ids), len(delta.token_ids))
     clock.last[index] = now

@@ -58,6 +58,38 @@ def test_concurrent_generations_equal_serial_runs_and_share_batches(async_llm: A
     assert stats.generation_tokens_total >= sum(len(o.token_ids) for o in serial) * 2
 
 
+class _CountingLoop(asyncio.SelectorEventLoop):
+    """An event loop that counts the callbacks other threads schedule on it."""
+
+    threadsafe_calls = 0
+
+    def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            type(self).threadsafe_calls += 1
+        return super().call_soon_threadsafe(*args, **kwargs)
+
+
+def test_each_step_hands_its_deltas_over_at_once(async_llm: Any) -> None:
+    """One cross-thread wake-up per engine step for all the streams of an event loop,
+    not one per stream and token (what the server's event loop pays for per step)."""
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    _CountingLoop.threadsafe_calls = 0
+    steps_before = async_llm.num_steps
+
+    async def main() -> list[list[StreamDelta]]:
+        return list(await asyncio.gather(*(_collect(async_llm, p, params) for p in PROMPTS * 2)))
+
+    with asyncio.Runner(loop_factory=_CountingLoop) as runner:
+        streams = runner.run(main())
+    assert all(sum(len(d.token_ids) for d in deltas) == 12 for deltas in streams)
+    steps = async_llm.num_steps - steps_before
+    assert steps >= 12
+    # deltas of 8 streams x 12 tokens, plus the adds and forgets: at most one per step
+    # and one per command-only pass (one hand-over each), far below one per delta
+    assert _CountingLoop.threadsafe_calls <= steps + 2 * len(PROMPTS) * 2, (
+        _CountingLoop.threadsafe_calls, steps)
+
+
 def test_abandoned_iterator_aborts_and_frees_the_pool(async_llm: Any) -> None:
     start = async_llm.stats()
     assert start.kv_blocks_total is not None and start.kv_blocks_free is not None
@@ -210,7 +242,7 @@ def test_close_stops_the_thread_and_fails_open_iterators(
 ) -> None:
     engine = AsyncLLM.from_llm(make_llm())
     assert engine.is_ready
-    thread = engine._loop._thread
+    thread = engine._loop.thread
     real_step = engine.llm.engine.step
     gate = threading.Event()
     calls = {"n": 0}
