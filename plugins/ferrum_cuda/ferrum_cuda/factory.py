@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     import torch
 
     from ferrum_core.plugin import BatchModelExecutor, LlmExecutor, LoadedModel, ModelConfig
-    from ferrum_cuda.model import TorchDecoderLLM, TpLink
+    from ferrum_cuda.model import TorchDecoderLLM
+    from ferrum_cuda.tp.protocol import TpLink
     from ferrum_cuda.tp.shard import ShardPlan
 
 __all__ = ["TorchExecutorFactory", "default_num_blocks"]

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ferrum_core.errors import FerrumError, InvalidInputError, UnsupportedError
+from ferrum_core.errors import InvalidInputError, UnsupportedError
 from ferrum_core.plugin import (
     ActiveLoraAdapter,
     AppendRequest,
@@ -37,32 +37,19 @@ from ferrum_cuda.layers import RopeTables
 from ferrum_cuda.linear import use_panel_kernels
 from ferrum_cuda.lora import LoraBatch, LoraRegistry
 from ferrum_cuda.paged_cache import PagedKvPool
-from ferrum_cuda.transformer import TpHook, Transformer
+from ferrum_cuda.transformer import Transformer
 from ferrum_cuda.weights import ModelWeights, WeightReader, load_weights
 from ferrum_cuda.workspace import DecodeWorkspace
 
-__all__ = ["TORCH_DTYPES", "TorchDecoderLLM", "TpLink"]
+if TYPE_CHECKING:
+    from ferrum_cuda.tp.protocol import TpLink
+
+__all__ = ["TORCH_DTYPES", "TorchDecoderLLM"]
 
 DEFAULT_WORKSPACE_BYTES = 1 << 30
 
 TORCH_DTYPES = {DataType.FP32: torch.float32, DataType.FP16: torch.float16,
                 DataType.BF16: torch.bfloat16}  # fmt: skip
-
-
-class TpLink(Protocol):
-    """This rank's place in a tensor-parallel group (see :mod:`ferrum_cuda.tp`)."""
-
-    size: int
-    full_config: ModelConfig  # the whole model (the layers get the shard's config)
-    num_parameters: int  # of the whole model
-    ops: TpHook
-
-    def share(self, step: StepBatch) -> None:
-        """Rank 0: send the step to the workers (they run it on their shards)."""
-
-    def failure(self, exc: BaseException) -> FerrumError:
-        """The typed error a failed collective stands for (a dead or stalled worker)."""
-        ...
 
 
 class TorchDecoderLLM:

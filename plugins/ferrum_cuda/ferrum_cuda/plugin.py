@@ -62,8 +62,16 @@ def _cuda_factory() -> TorchExecutorFactory:
 def _torch_details() -> dict[str, object]:
     """``ferrum info torch --json``: the CPU kernels' ISA and build cache (no torch import)."""
     from ferrum_cuda.cpu_native.settings import native_details
+    from ferrum_cuda.tp.describe import tp_details
 
-    return native_details()
+    return {**native_details(), "tensor_parallel": tp_details("gloo")}
+
+
+def _cuda_details() -> dict[str, object]:
+    """``ferrum info cuda --json``: how tensor parallelism runs (no torch import)."""
+    from ferrum_cuda.tp.describe import tp_details
+
+    return {"tensor_parallel": tp_details("nccl")}
 
 
 def _torch_factory() -> TorchExecutorFactory:
@@ -81,6 +89,7 @@ def ferrum_register_backends(register: RegisterBackend) -> None:
         priority=CUDA_PRIORITY,
         capabilities=static_capabilities("cuda:0"),
         api_version=FERRUM_API_VERSION,
+        details=_cuda_details,
         description="PyTorch on an NVIDIA GPU: paged KV, prefix cache, native unified "
         "decode, CUDA graphs, LoRA",
     )

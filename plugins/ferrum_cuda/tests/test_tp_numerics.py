@@ -75,6 +75,7 @@ def test_tp2_matches_tp1(family: str, tiny: Callable[[str], TinyModel]) -> None:
         np.testing.assert_allclose(got_rows[0], oracle, atol=ATOL, rtol=0)
         assert tp.capabilities().supports_tensor_parallelism
         assert not ref.capabilities().supports_tensor_parallelism
+        assert not tp.capabilities().supports_lora  # said, not silently wrong
         assert (tp.cache_metrics_snapshot() or {})["tensor_parallel_size"] == 2
         assert tp.info().num_heads == model.config.num_attention_heads
         assert tp.info().vocab_size == model.config.vocab_size
@@ -139,3 +140,18 @@ def test_torchrun_launch_joins_that_group(tiny: Callable[[str], TinyModel], tmp_
     finally:
         ref.shutdown()
     assert done.stdout.split("\n")[0] == f"rank 0 {want}"  # only rank 0 runs the engine
+
+
+def test_info_and_supported_types_declare_tensor_parallelism() -> None:
+    from ferrum_cuda.factory import TorchExecutorFactory
+
+    from ferrum_core.cli.main import cli
+    from ferrum_core.protocol import ExecutorType
+
+    assert ExecutorType.TENSOR_PARALLEL in TorchExecutorFactory("cpu").supported_types()
+    result = CliRunner().invoke(cli, ["info", "torch", "--json"])
+    assert result.exit_code == 0, result.stderr[-2000:]
+    info = json.loads(result.stdout)
+    assert info["capabilities"]["supports_tensor_parallelism"] is True
+    assert info["details"]["tensor_parallel"]["collectives"] == "gloo"
+    assert info["details"]["tensor_parallel"]["lora"] is False
