@@ -160,7 +160,9 @@ class TorchExecutorFactory:
         from ferrum_core.plugin import load_model
         from ferrum_cuda.plugin import MODEL_TYPES
 
-        return model if model is not None else load_model(
+        if model is not None:
+            return model
+        return load_model(
             config.model_path, max_model_len=config.max_sequence_length, model_types=MODEL_TYPES
         )
 
@@ -179,7 +181,9 @@ class TorchExecutorFactory:
 
         device = self._torch_device(self.device_for(config))
         if device.type == "cuda" and plan is not None:
-            device = torch.device("cuda", device_index + plan.rank)
+            from ferrum_cuda.tp.options import local_rank
+
+            device = torch.device("cuda", device_index + local_rank(plan.rank))
         options: dict[str, Any] = config.executor_options
         if options.get("threads"):
             torch.set_num_threads(int(options["threads"]))

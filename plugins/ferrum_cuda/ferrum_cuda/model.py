@@ -104,7 +104,7 @@ class TorchDecoderLLM:
         self.transformer = Transformer(
             cfg, weights, rope, self.pool, self.kernels, kv_fused=self.native.kv_fused,
             tp=tp.ops if tp is not None else None,
-        )
+        )  # fmt: skip
         self._group = cfg.num_attention_heads // cfg.num_key_value_heads
         self.lora = LoraRegistry(cfg, TORCH_DTYPES[dtype], device)
         self.workspace = None

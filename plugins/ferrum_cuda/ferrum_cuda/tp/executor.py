@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ferrum_core.errors import ConfigError
+from ferrum_core.errors import ConfigError, UnsupportedError
 from ferrum_core.plugin import ExecutorCapabilities, ExecutorConfig, LlmExecutor, LoadedModel
 from ferrum_cuda.tp.options import TpOptions, torchrun_env
 
@@ -72,6 +72,20 @@ def _prepared(factory: TorchExecutorFactory, config: ExecutorConfig, loaded: Loa
     return config.model_copy(update={"memory_config": memory, "executor_options": options})
 
 
+def _check_gpus(factory: TorchExecutorFactory, config: ExecutorConfig, size: int) -> None:
+    """The cuda backend runs rank r on ``cuda:r``: that many GPUs must be visible."""
+    if factory.kind != "cuda" or torchrun_env() is not None:
+        return
+    import torch
+
+    count = torch.cuda.device_count()
+    if factory.device_for(config) != "cuda:0" or size > count:
+        raise UnsupportedError(
+            f"tensor_parallel_size={size} runs rank r on cuda:r from cuda:0 "
+            f"({count} GPU(s) visible, device {factory.device_for(config)!r})"
+        )
+
+
 def create_tp_executor(
     factory: TorchExecutorFactory, config: ExecutorConfig, model: LoadedModel | None
 ) -> LlmExecutor:
@@ -85,6 +99,7 @@ def create_tp_executor(
     loaded = factory.load(config, model)
     try:
         check_shardable(loaded.known_config, opts.size)  # before any process starts
+        _check_gpus(factory, config, opts.size)
         config = _prepared(factory, config, loaded, opts)
     except BaseException:
         loaded.weights.close()

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch._C._distributed_c10d import AllgatherOptions, PrefixStore, TCPStore
 
 from ferrum_core.errors import BackendError, BackendUnavailableError
+from ferrum_cuda.tp.options import local_rank
 
 __all__ = ["STARTUP_S", "TpGroup", "check_port", "free_port"]
 
@@ -48,7 +49,10 @@ def check_port(host: str, port: int) -> None:
 
 
 class TpGroup:
-    """One rank's view of the group: ``rank`` of ``size``, rank 0 hosts the store."""
+    """One rank's view of the group: ``rank`` of ``size``, rank 0 hosts the store.
+
+    ``nccl``: the model's collectives run on NCCL (CUDA tensors); the step broadcasts and
+    the loading handshake (host tensors) on a gloo group beside it."""
 
     def __init__(
         self, *, rank: int, size: int, host: str, port: int, timeout_s: float, nccl: bool = False
@@ -72,12 +76,15 @@ class TpGroup:
                 f"tensor-parallel rendezvous at {host}:{port} failed: {exc}"
             ) from exc
         try:
-            if nccl:
+            gloo = PrefixStore("gloo", self.store)
+            self.ctrl: Any = dist.ProcessGroupGloo(gloo, rank, size, timeout)
+            self.pg: Any = self.ctrl
+            if nccl:  # one GPU per rank: cuda:rank (the executor checked they exist)
+                torch.cuda.set_device(local_rank(rank))
                 options = dist.ProcessGroupNCCL.Options()
                 options._timeout = timeout
-                self.pg: Any = dist.ProcessGroupNCCL(self.store, rank, size, options)
-            else:
-                self.pg = dist.ProcessGroupGloo(self.store, rank, size, timeout)
+                self.pg = dist.ProcessGroupNCCL(PrefixStore("nccl", self.store), rank, size,
+                                                options)  # fmt: skip
         except RuntimeError as exc:
             raise BackendError(
                 f"tensor-parallel group of {size} did not form within {self.startup_s:g} s: {exc}"
@@ -85,10 +92,12 @@ class TpGroup:
         self._timeout = timedelta(seconds=timeout_s)
 
     def all_reduce(self, tensor: torch.Tensor, *, startup: bool = False) -> torch.Tensor:
-        """Sum ``tensor`` over the ranks, in place (``startup``: under the startup timeout)."""
+        """Sum ``tensor`` over the ranks, in place (``startup``: the loading handshake, a host
+        tensor, under the startup timeout)."""
         options = dist.AllreduceOptions()
         options.timeout = timedelta(seconds=self.startup_s) if startup else self._timeout
-        self.pg.allreduce([tensor], options).wait(options.timeout)
+        group = self.ctrl if startup else self.pg
+        group.allreduce([tensor], options).wait(options.timeout)
         return tensor
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -118,8 +127,8 @@ class TpGroup:
         options = dist.BroadcastOptions()
         options.rootRank = 0
         options.timeout = timeout
-        self.pg.broadcast([tensor], options).wait(timeout)
+        self.ctrl.broadcast([tensor], options).wait(timeout)
 
     def close(self) -> None:
-        self.pg = None
+        self.pg = self.ctrl = None
         self.store = None  # type: ignore[assignment]

@@ -14,7 +14,7 @@ from typing import Any
 
 from ferrum_core.errors import InvalidInputError
 
-__all__ = ["TpOptions", "torchrun_env"]
+__all__ = ["TpOptions", "local_rank", "torchrun_env"]
 
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -63,3 +63,10 @@ def torchrun_env() -> tuple[int, int, str, int] | None:
         raise InvalidInputError(
             "RANK, WORLD_SIZE and MASTER_PORT must be integers (torchrun environment)"
         ) from None
+
+
+def local_rank(rank: int) -> int:
+    """The rank's GPU on its node: ``LOCAL_RANK`` under torchrun (several nodes), else ``rank``."""
+    if torchrun_env() is None:
+        return rank
+    return int(os.environ.get("LOCAL_RANK", rank))
