@@ -283,8 +283,11 @@ class TorchDecoderLLM:
             try:  # the workers run the same step on their shards
                 self.tp.share(step)
                 rows = self.run_shard(step)
-            except RuntimeError as exc:  # a collective failed: a worker died or stalled
-                raise self.tp.failure(exc) from exc
+            except BaseException as exc:  # the ranks may be out of step: the group is done
+                error = self.tp.failure(exc)
+                if isinstance(exc, RuntimeError):  # a collective failed: a worker died or stalled
+                    raise error from exc
+                raise
             return [None] * len(works) if rows is None else step.split(works, rows)
         self.pool.copy_blocks(step.copies)
         if not step.ids:

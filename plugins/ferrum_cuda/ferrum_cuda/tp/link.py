@@ -58,6 +58,8 @@ class RankLink:
         self.group.broadcast_object(step)
 
     def failure(self, exc: BaseException) -> FerrumError:
+        if self.broken is not None:
+            return self.broken
         deadline = time.monotonic() + DEATH_GRACE_S
         dead: list[str] = []
         while self.workers is not None and time.monotonic() < deadline:

@@ -24,5 +24,6 @@ class TpLink(Protocol):
         """Rank 0: send the step to the workers (they run it on their shards)."""
 
     def failure(self, exc: BaseException) -> FerrumError:
-        """The typed error a failed collective stands for (a dead or stalled worker)."""
+        """Mark the group unusable; the typed error a failed collective stands for (a dead
+        or stalled worker)."""
         ...
