@@ -21,6 +21,8 @@ from ferrum_core.protocol import (
     DecodeInput,
     DecodeOutput,
     ExecutorCapabilities,
+    ExecutorConfig,
+    ExecutorType,
     ModelExecutor,
     PrefillInput,
     PrefillOutput,
@@ -158,7 +160,40 @@ class ContinuousBatchingLiar(NoUnifiedExecutor):
     claims_continuous_batching = True
 
 
+class SerialOnly(ModelExecutor):
+    """A plain (serial) ModelExecutor over an LlmExecutor: not a BatchModelExecutor."""
+
+    def __init__(self, inner: ModelExecutor) -> None:
+        self.inner = inner
+
+    def info(self):  # type: ignore[no-untyped-def]
+        return self.inner.info()
+
+    def prefill(self, input: PrefillInput) -> PrefillOutput:
+        return self.inner.prefill(input)
+
+    def decode(self, input: DecodeInput) -> DecodeOutput:
+        return self.inner.decode(input)
+
+    def capabilities(self) -> ExecutorCapabilities:
+        return self.inner.capabilities()
+
+    def status(self):  # type: ignore[no-untyped-def]
+        return self.inner.status()
+
+
+class BatchTypeLiar(LiarFactory):
+    """Lists ExecutorType.BATCH, but create_batch_executor returns a serial executor."""
+
+    def create_batch_executor(self, config: ExecutorConfig) -> Any:
+        return SerialOnly(self.create_executor(config))
+
+    def supported_types(self) -> list[ExecutorType]:
+        return [ExecutorType.SEQUENTIAL, ExecutorType.BATCH]
+
+
 LIARS: dict[str, tuple[LiarFactory, dict[str, Any]]] = {
+    "liar-batch-type": (BatchTypeLiar(NumpyLlama), {}),
     "liar-unified": (LiarFactory(UnifiedLiar), {"supports_native_unified_decode": True}),
     "liar-batch": (LiarFactory(BatchLiar), {"max_batch_size": 256}),
     "liar-leak": (LiarFactory(LeakLiar), {}),
@@ -182,6 +217,13 @@ def liars() -> Iterator[None]:
 
 def _run(pytester: pytest.Pytester, backend: str) -> dict[str, dict[str, str]]:
     return {check["id"]: check for check in run_report(pytester, backend)["checks"]}
+
+
+def _run_only(pytester: pytest.Pytester, backend: str, group: str) -> dict[str, dict[str, str]]:
+    """The checks of one id group (``factory.``), from a run of that module alone."""
+    module = f"test_{group.rstrip('.')}.py"
+    report = run_report(pytester, backend, "-k", module.removesuffix(".py"))
+    return {c["id"]: c for c in report["checks"] if c["id"].startswith(group)}
 
 
 def _failed(checks: dict[str, dict[str, str]]) -> set[str]:
@@ -266,3 +308,12 @@ def test_backend_running_an_undeclared_family_is_caught(pytester: pytest.Pyteste
     assert "not supported by backend 'liar-families'" in checks[
         "capabilities.speculative_engine"]["reason"]
     assert "'llama' runs although" in checks["capabilities.static_instance_agree"]["reason"]
+
+
+@pytest.mark.usefixtures("liars")
+def test_batch_type_without_a_batch_executor_is_caught(pytester: pytest.Pytester) -> None:
+    checks = _run_only(pytester, "liar-batch-type", "factory.")
+    assert _failed(checks) == {"factory.batch_executor"}, checks
+    assert "not a BatchModelExecutor" in checks["factory.batch_executor"]["reason"]
+    honest = _run_only(pytester, "liar-leak", "factory.")  # LiarFactory lists no BATCH
+    assert honest["factory.batch_executor"]["outcome"] == "skipped"

@@ -21,18 +21,14 @@ from ferrum_core.engine.outputs import EngineStats, RequestOutput, StreamDelta
 from ferrum_core.engine.parallel import child_keys, merge_outputs
 from ferrum_core.engine.prompts import token_ids_of
 from ferrum_core.engine.request import Request
-from ferrum_core.engine.runner import ExecutorRunner, Work
+from ferrum_core.engine.runner import ExecutorRunner
 from ferrum_core.engine.sampling_params import SamplingParams
-from ferrum_core.engine.scheduler import (
-    PoolView,
-    ScheduledChunk,
-    Scheduler,
-    SchedulerConfig,
-)
+from ferrum_core.engine.scheduler import PoolView, Scheduler, SchedulerConfig
 from ferrum_core.engine.sequence import FinishReason
 from ferrum_core.engine.spec_step import SpeculativeStepper
 from ferrum_core.engine.speculative import SpeculativePair
 from ferrum_core.engine.streaming import TokenTextDecoder
+from ferrum_core.engine.work import Work
 from ferrum_core.errors import (
     InvalidInputError,
     KvPoolExhaustedError,
@@ -176,18 +172,18 @@ class LLMEngine:
         touched: list[Request] = self._aborted
         self._aborted = []
         pool = self._pool_view() if self.scheduler.waiting else None
-        chunks = self.scheduler.schedule(pool)
+        works = self.scheduler.schedule(pool)
         self.max_num_running = max(self.max_num_running, len(self.scheduler.running))
         now = time.perf_counter()
-        for chunk in chunks:
-            self._requests[chunk.seq.request_id].mark_scheduled(now)
+        for work in works:
+            self._requests[work.key].mark_scheduled(now)
         decoding: list[Request] = []
-        plain: list[ScheduledChunk] = []
-        for chunk in chunks:
-            if self.spec is not None and chunk.num_tokens == 1 and chunk.is_final:
-                decoding.append(self._requests[chunk.seq.request_id])
+        plain: list[Work] = []
+        for work in works:
+            if self.spec is not None and len(work.tokens) == 1 and work.final:
+                decoding.append(self._requests[work.key])
             else:
-                plain.append(chunk)
+                plain.append(work)
         ok = self._run_plain(plain, touched)
         if ok and decoding and self.spec is not None:
             touched.extend(self.spec.run(decoding, self._preempt))
@@ -204,22 +200,17 @@ class LLMEngine:
                 deltas.append(delta)
         return deltas
 
-    def _run_plain(self, chunks: list[ScheduledChunk], touched: list[Request]) -> bool:
-        if not chunks:
+    def _run_plain(self, works: list[Work], touched: list[Request]) -> bool:
+        if not works:
             return True
-        works = [
-            Work(c.seq.request_id, c.seq.next_chunk(c.num_tokens), c.seq.num_computed,
-                 c.is_final, c.seq.metadata)
-            for c in chunks
-        ]
         try:
             rows = self.runner.run(works)
-        except KvPoolExhaustedError:  # the executor has rolled every item back already
+        except KvPoolExhaustedError:  # every item is rolled back (executor, or runner fallback)
             self._preempt()
             return False
         for work, row in zip(works, rows, strict=True):
             request = self._requests[work.key]
-            request.seq.num_computed = work.pos + len(work.tokens)
+            request.seq.num_computed = work.pos + len(work.tokens)  # the length's owner
             if row is not None and work.final:
                 request.sample(row)
                 touched.append(request)

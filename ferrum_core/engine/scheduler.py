@@ -19,9 +19,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ferrum_core.engine.sequence import Sequence, SequenceStatus
+from ferrum_core.engine.work import Work
 from ferrum_core.kv.pool_state import KvPoolState
 
-__all__ = ["SchedulerConfig", "PoolView", "ScheduledChunk", "Scheduler", "blocks_for"]
+__all__ = ["SchedulerConfig", "PoolView", "Scheduler", "blocks_for"]
 
 
 def blocks_for(num_tokens: int, block_size: int) -> int:
@@ -56,17 +57,6 @@ class PoolView:
         return max(1, self.total_blocks // 100)
 
 
-@dataclass(frozen=True, slots=True)
-class ScheduledChunk:
-    seq: Sequence
-    num_tokens: int
-
-    @property
-    def is_final(self) -> bool:
-        """Whether this chunk reaches the end of the sequence (its logits get sampled)."""
-        return self.seq.num_computed + self.num_tokens == self.seq.num_tokens
-
-
 class Scheduler:
     def __init__(self, config: SchedulerConfig | None = None) -> None:
         self.config = config or SchedulerConfig()
@@ -86,16 +76,17 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         self.waiting.append(seq)
 
-    def schedule(self, pool: PoolView | None = None) -> list[ScheduledChunk]:
+    def schedule(self, pool: PoolView | None = None) -> list[Work]:
+        """This step's work: one :meth:`Work.chunk` per scheduled sequence."""
         budget = self.config.max_num_batched_tokens
         free = pool.free_blocks if pool is not None else 0
-        chunks: list[ScheduledChunk] = []
+        chunks: list[Work] = []
         for seq in self.running:
             if budget == 0:
                 break
             n = min(seq.num_uncomputed, budget)
             budget -= n
-            chunks.append(ScheduledChunk(seq, n))
+            chunks.append(Work.chunk(seq, n))
             if pool is not None:
                 grown = blocks_for(seq.num_computed + n, pool.block_size)
                 free -= grown - blocks_for(seq.num_computed, pool.block_size)
@@ -116,7 +107,7 @@ class Scheduler:
             self.running.append(seq)
             n = min(seq.num_uncomputed, budget)
             budget -= n
-            chunks.append(ScheduledChunk(seq, n))
+            chunks.append(Work.chunk(seq, n))
         return chunks
 
     def _live_prefix_blocks(self, pool: PoolView | None) -> set[int]:

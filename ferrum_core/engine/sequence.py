@@ -1,9 +1,16 @@
 """A request's token stream as the scheduler sees it (no array library).
 
 Invariant: the target executor holds KV for the first ``num_computed`` tokens
-of ``prompt + output``; the rest (at least one while the sequence runs) is fed
-next. A decode step feeds exactly one token, a prefill chunk several, and a
+of ``prompt + output`` (the draft executor, with speculative decoding, for the
+first ``draft_computed``); the rest (at least one while the sequence runs) is
+fed next. A decode step feeds exactly one token, a prefill chunk several, and a
 sequence preempted by recompute simply drops back to ``num_computed = 0``.
+
+These two fields are the engine's only record of how long the sequence's KV
+is: the runner stamps every handle it sends with them and keeps none of its
+own, and the executor checks each claim against its cache table (a mismatch is
+a typed error, never a silent disagreement). docs/architecture.md, "A
+sequence's length", lists who holds what.
 """
 
 from __future__ import annotations

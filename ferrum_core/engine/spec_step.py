@@ -76,8 +76,8 @@ class SpeculativeStepper:
                 if step == 0:
                     # feed at least the last token: its logits give the first proposal
                     if seq.draft_computed >= seq.num_tokens:
+                        self.draft.truncate(r.request_id, seq.draft_computed, seq.num_tokens - 1)
                         seq.draft_computed = seq.num_tokens - 1
-                        self.draft.truncate(r.request_id, seq.draft_computed)
                     tokens = seq.token_slice(seq.draft_computed, seq.num_tokens)
                 else:
                     tokens = (drafts[r.request_id][-1],)
@@ -96,7 +96,7 @@ class SpeculativeStepper:
         for r in requests:
             seq = r.seq
             real = min(seq.draft_computed, seq.num_tokens - 1)
-            self.draft.truncate(r.request_id, real, rollback=True)
+            self.draft.truncate(r.request_id, seq.draft_computed, real, rollback=True)
             seq.draft_computed = real
 
     def _verify(self, request: Request, drafts: list[int]) -> None:
@@ -113,7 +113,7 @@ class SpeculativeStepper:
         try:
             result = self.pair.verify(decode_input, drafts, choose)
         except KvPoolExhaustedError:
-            self.target.truncate(key, pos, rollback=True)
+            self.target.truncate(key, pos, pos, rollback=True)
             if drafts:
                 self._forget_drafts([request])
             raise
@@ -122,7 +122,7 @@ class SpeculativeStepper:
         if drafts:
             # the draft holds the real tokens plus d1..d(k-1); keep those the target accepted
             kept = before + min(result.matched, len(drafts) - 1)
-            self.draft.truncate(key, kept)
+            self.draft.truncate(key, seq.draft_computed, kept)
             seq.draft_computed = min(seq.draft_computed, kept)
         request.spec_proposed += len(drafts)
         request.spec_accepted += result.matched

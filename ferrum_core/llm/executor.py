@@ -68,12 +68,10 @@ class LlmExecutor(BatchModelExecutor):
         self._cfg = model.config
         self._info = model_info_for(self._cfg, model_id=model_id, model_type=model_type)
         self._session = ModelSession(model, owner=id(self))
-        self._model_lock = self._session.lock
-        self._caches = self._session.caches
+        self._model_lock, self._caches = self._session.lock, self._session.caches
         self._stats = self._session.stats
-        self._profile = ProfileFlags.from_env()
+        self._profile, self._state = ProfileFlags.from_env(), ExecutorState.READY
         self._decode_prof = DecodeProfiler() if self._profile.batch_decode else None
-        self._state = ExecutorState.READY
 
     # -- plumbing -------------------------------------------------------------------
     def _check_live(self) -> None:
@@ -264,6 +262,11 @@ class LlmExecutor(BatchModelExecutor):
         with self._session.locked() as model:
             if self._caches.forget(cache_id):
                 model.release(cache_id)
+
+    def cache_length(self, cache_id: str) -> int:
+        """Positions ``cache_id`` holds, the record every handle is checked against."""
+        with self._model_lock:
+            return self._caches.length(cache_id)
 
     def live_caches(self) -> list[str]:
         with self._model_lock:
