@@ -62,7 +62,7 @@ def test_shutdown_stops_the_workers(tiny: Callable[[str], TinyModel]) -> None:
     assert all(_gone(pid) for pid in pids)  # reaped by shutdown itself
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP])
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "stalled"])
 def test_dead_or_stalled_worker_is_a_typed_error(
     how: signal.Signals, tiny: Callable[[str], TinyModel]
 ) -> None:

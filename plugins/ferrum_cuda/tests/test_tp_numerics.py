@@ -76,7 +76,10 @@ def test_tp2_matches_tp1(family: str, tiny: Callable[[str], TinyModel]) -> None:
         assert tp.capabilities().supports_tensor_parallelism
         assert not ref.capabilities().supports_tensor_parallelism
         assert not tp.capabilities().supports_lora  # said, not silently wrong
-        assert (tp.cache_metrics_snapshot() or {})["tensor_parallel_size"] == 2
+        snapshot = tp.cache_metrics_snapshot() or {}
+        assert snapshot["tensor_parallel_size"] == 2
+        assert "fused_decode_steps" not in snapshot  # the one-call CPU step is bypassed
+        assert "decode_workspace_reuses" not in snapshot  # and the decode workspace
         assert tp.info().num_heads == model.config.num_attention_heads
         assert tp.info().vocab_size == model.config.vocab_size
     finally:

@@ -84,8 +84,8 @@ class RankLink:
         if self.broken is None and (self.workers is None or not self.workers.dead()):
             with contextlib.suppress(RuntimeError):
                 self.group.broadcast_object(None)
-        if self.workers is not None:
-            self.workers.stop()
+        if self.workers is not None:  # a stalled worker is not waited for
+            self.workers.stop(grace=0.5 if self.broken is not None else 5.0)
         self.group.close()
 
 
