@@ -4,6 +4,7 @@ the conformance suite at TP=2 (goldens whose heads do not split are skipped, wit
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
@@ -14,6 +15,16 @@ from ferrum_core.errors import UnsupportedError
 pytestmark = pytest.mark.slow
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads() -> Iterator[None]:
+    """Rank 0 runs on one thread (the TP default): give the other tests theirs back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def _greedy(tp: int) -> list[int]:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,16 @@ from ferrum_core.errors import BackendError, BackendUnavailableError, Unsupporte
 from ferrum_core.protocol import ExecutorConfig, ModelExecutor
 
 TIMEOUT_S = 3  # the collective timeout of these tests
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads() -> Iterator[None]:
+    """Rank 0 runs on one thread (the TP default): give the other tests theirs back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def _tp2(model: TinyModel, **options: object) -> ModelExecutor:

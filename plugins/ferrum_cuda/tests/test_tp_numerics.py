@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,16 @@ from ferrum_core.protocol import ExecutorConfig, ModelExecutor
 
 ATOL = 1e-4
 SPLITTING = ("llama_gqa", "llama_mqa_bias", "qwen2", "qwen3", "mistral_window")
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads() -> Iterator[None]:
+    """Rank 0 runs on one thread (the TP default): give the other tests theirs back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def _executor(model: TinyModel, tp: int) -> ModelExecutor:

@@ -43,7 +43,10 @@ class TpExecutor(LlmExecutor):
 
     def capabilities(self) -> ExecutorCapabilities:
         caps = super().capabilities()
-        return caps.model_copy(update={"supports_tensor_parallelism": True})
+        update: dict[str, object] = {"supports_tensor_parallelism": True}
+        if "tensor_parallel_size" in ExecutorCapabilities.model_fields:  # once the core has it
+            update["tensor_parallel_size"] = self.link.size
+        return caps.model_copy(update=update)
 
     def shutdown(self) -> None:
         try:
