@@ -136,7 +136,8 @@ def concurrent(slots: dict[str, Slot], args: argparse.Namespace, vocab: int) -> 
 
 
 def profile(args: argparse.Namespace, model_dir: Path, cache: Path, chat: list[int]) -> None:
-    """ORT's profiler on ferrum cpu int4 and ORT GenAI int4 decoding the chat prompt."""
+    """ORT's profiler on ferrum cpu and ORT GenAI (``args.profile``: int4 or fp32)
+    decoding the chat prompt."""
     import gc
     import time
 
@@ -146,22 +147,23 @@ def profile(args: argparse.Namespace, model_dir: Path, cache: Path, chat: list[i
     out = cache / "profiles" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
     results = {}
-    with profiled_sessions(out / "ferrum-cpu-int4") as sessions:
-        ferrum = FerrumLLM("cpu", "int4", args.threads,
+    dtype = args.profile
+    with profiled_sessions(out / f"ferrum-cpu-{dtype}") as sessions:
+        ferrum = FerrumLLM("cpu", dtype, args.threads,
                            options={"accuracy_level": args.cpu_accuracy_level})
     ferrum.decode(chat, 8)
     rate = statistics.median(ferrum.decode(chat, args.decode_tokens) for _ in range(args.repeat))
     traces = [Path(s.end_profiling()) for s in sessions]
     ferrum.close()
-    results["ferrum cpu int4"] = {**summarise(traces), "wall_ms": 1000 / rate}
-    genai = ort_genai_profiled(ort_genai_model(model_dir, "int4", cache), args.threads,
-                               out / "ort-genai-int4")
+    results[f"ferrum cpu {dtype}"] = {**summarise(traces), "wall_ms": 1000 / rate}
+    genai = ort_genai_profiled(ort_genai_model(model_dir, dtype, cache), args.threads,
+                               out / f"ort-genai-{dtype}")
     genai.decode(chat, 8)
     rate = statistics.median(genai.decode(chat, args.decode_tokens) for _ in range(args.repeat))
     del genai
     gc.collect()
-    traces = sorted(out.glob("ort-genai-int4*.json"))
-    results["ORT GenAI int4"] = {**summarise(traces), "wall_ms": 1000 / rate}
+    traces = sorted(out.glob(f"ort-genai-{dtype}*.json"))
+    results[f"ORT GenAI {dtype}"] = {**summarise(traces), "wall_ms": 1000 / rate}
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -187,9 +189,9 @@ def main() -> None:
     parser.add_argument("--cpu-accuracy-level", type=int, default=4,
                         help="ferrum cpu int8/int4 MatMulNBits activations: 4 = int8 (as ORT "
                              "GenAI's CPU default and llama.cpp's Q4 dot products), 1 = fp32")
-    parser.add_argument("--profile", action="store_true",
-                        help="instead of the table: ORT profiles of ferrum cpu int4 and ORT "
-                             "GenAI int4 batch-1 decode, per op type")
+    parser.add_argument("--profile", choices=("int4", "fp32"), default=None,
+                        help="instead of the table: ORT profiles of ferrum cpu and ORT GenAI "
+                             "batch-1 decode in this dtype, per op type")
     parser.add_argument("--cache-dir", default=None, help="default: $FERRUM_HOME/bench")
     parser.add_argument("--json", action="store_true", help="print every figure as JSON")
     parser.add_argument("--save", default=None, help="also write the JSON to this file")
@@ -212,7 +214,7 @@ def main() -> None:
     chat = chat_prompt_ids(model_dir)
     log(f"model {model_dir} (from {gguf.name}), threads {args.threads}, cpus {os.cpu_count()}, "
         f"chat prompt {len(chat)} tokens")
-    if args.profile:
+    if args.profile is not None:
         profile(args, model_dir, cache, chat)
         return
     build = builders(args, model_dir, gguf, cache)
