@@ -16,7 +16,7 @@ from ferrum_cuda.factory import TorchExecutorFactory, default_num_blocks
 from torch_tiny import TinyModel, prompt
 
 from ferrum_core.backends import ProbeResult, get_backend, get_registry
-from ferrum_core.errors import BackendUnavailableError, InvalidInputError, UnsupportedError
+from ferrum_core.errors import BackendUnavailableError, InvalidInputError
 from ferrum_core.protocol import (
     DecodeInput,
     ExecutorAttentionConfig,
