@@ -69,8 +69,8 @@ def bench_allreduce(iters: int) -> dict[str, Any]:
 
 def bench_step(threads: int, steps: int) -> dict[str, Any]:
     import numpy as np
+    from ferrum_core.conformance.harness import Driver, logits_rows
 
-    from conformance.harness import Driver, logits_rows
     from ferrum_core.backends import create_executor
     from ferrum_core.protocol import DecodeInput, ExecutorConfig
     from ferrum_core.tensor import HostTensor

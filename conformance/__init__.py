@@ -1,8 +1,13 @@
-"""Ferrum's shared conformance suite.
+"""Ferrum's shared conformance suite, installed as ``ferrum_core.conformance``.
+
+The sources sit in the repository's top-level ``conformance/`` folder; the package
+configuration maps that folder onto ``ferrum_core.conformance`` (pyproject.toml), so no
+top-level ``conformance`` package lands in a user's environment. pytest is the extra
+``ferrum-core[conformance]``.
 
 Any backend, in-tree or third-party, proves itself with
 ``pytest --ferrum-backend NAME`` or ``ferrum conformance NAME``. The checks live in
-:mod:`conformance.checks` and are collected only when a backend is named; the
+:mod:`ferrum_core.conformance.checks` and are collected only when a backend is named; the
 oracle (tiny golden models and their expected logits) travels in ``golden/``.
 This package imports neither torch nor transformers.
 """

@@ -10,11 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ferrum_core.conformance.harness import Driver, prompt
+from ferrum_core.conformance.options import run_dtype
+from ferrum_core.conformance.oracle import (
+    GoldenModel,
+    gguf_goldens,
+    golden_model,
+    golden_models,
+    primary_for,
+)
+from ferrum_core.conformance.plugin import requested_dtype, requested_options
 
-from conformance.harness import Driver, prompt
-from conformance.options import run_dtype
-from conformance.oracle import GoldenModel, gguf_goldens, golden_model, golden_models, primary_for
-from conformance.plugin import requested_dtype, requested_options
 from ferrum_core.backends import BackendDescriptor, get_backend
 from ferrum_core.errors import UnsupportedError
 from ferrum_core.protocol import (

@@ -1,6 +1,6 @@
 """Golden GGUF files: one golden model quantised the way llama.cpp stores it.
 
-Used by :mod:`conformance.generate_golden` (maintainers only; needs gguf, torch
+Used by :mod:`ferrum_core.conformance.generate_golden` (maintainers only; needs gguf, torch
 and transformers). Every 2-D weight is quantised to one GGUF type (``Q8_0`` or
 ``Q4_1``), norms stay F32, and llama.cpp's q/k row permutation is applied as
 ``convert_hf_to_gguf.py`` does. The expected logits come from ``transformers``
@@ -136,10 +136,9 @@ def generate_gguf(
 ) -> None:
     """``target/model.gguf`` (``base_dir``'s weights in ``quant``) and its ``expected.npz``."""
     import torch
+    from ferrum_core.conformance.generate_golden import _save_expected
     from safetensors.numpy import load_file
     from transformers import AutoModelForCausalLM
-
-    from conformance.generate_golden import _save_expected
 
     config = json.loads((base_dir / "config.json").read_text())
     if config.get("model_type") != "llama":

@@ -1,6 +1,6 @@
 """Regenerate the conformance suite's golden models and their expected logits.
 
-Run once by maintainers (``python -m conformance.generate_golden``); the output
+Run once by maintainers (``python -m ferrum_core.conformance.generate_golden``); the output
 under ``conformance/golden/`` is committed so the suite itself needs neither
 torch nor transformers. Each golden model is a tiny random member of one
 Llama-family variant, saved as a Hugging Face directory (config.json,
@@ -18,9 +18,9 @@ rope scaling rule misses the reference by far more than any dtype tolerance.
 The oracle runs eager attention; for a sliding-window golden the generator
 proves the window matters (logits differ from a run without it).
 
-GGUF goldens (:mod:`conformance.generate_gguf`) hold one golden's weights in
+GGUF goldens (:mod:`ferrum_core.conformance.generate_gguf`) hold one golden's weights in
 ``Q8_0`` / ``Q4_1`` with logits computed on them dequantised. The models are
-described in :mod:`conformance.golden_specs`; ``--only NAME`` regenerates one
+described in :mod:`ferrum_core.conformance.golden_specs`; ``--only NAME`` regenerates one
 without touching the others.
 """
 
@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from conformance.golden_specs import (
+from ferrum_core.conformance.golden_specs import (
     BASE_CONFIG,
     CORPUS,
     DECODE_IDS,
@@ -216,7 +215,7 @@ def _check_window_applies(
 
 def generate(out_root: Path, only: set[str] | None = None) -> None:
     """(Re)generate the golden models named in ``only`` (default: all); the manifest lists all."""
-    from conformance.generate_gguf import generate_gguf
+    from ferrum_core.conformance.generate_gguf import generate_gguf
 
     out_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """What the golden models are: shapes, storage dtypes, seeds, GGUF variants, the prompt.
 
-Read by :mod:`conformance.generate_golden` (maintainers regenerate the goldens
+Read by :mod:`ferrum_core.conformance.generate_golden` (maintainers regenerate the goldens
 from it); the committed ``golden/manifest.json`` is what the suite itself reads.
 """
 

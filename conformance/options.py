@@ -90,7 +90,8 @@ def preflight(backend: str, dtype: DataType | None, options: dict[str, Any]) -> 
     A dtype the backend does not declare, or a config its factory's ``validate_config``
     rejects (an unknown option value, say), would otherwise skip or fail every check.
     """
-    from conformance.oracle import golden_model, primary_for
+    from ferrum_core.conformance.oracle import golden_model, primary_for
+
     from ferrum_core.backends import get_backend
     from ferrum_core.protocol import ExecutorConfig
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ferrum_core.conformance import GOLDEN_DIR
 
-from conformance import GOLDEN_DIR
 from ferrum_core.protocol import AttentionType
 from ferrum_core.types import DataType
 

@@ -2,7 +2,7 @@
 
 It is loaded by every pytest run in an environment with ferrum-core installed,
 so it does nothing unless ``--ferrum-backend NAME`` is given: only then are the
-checks in :mod:`conformance.checks` collected, their fixtures registered, the
+checks in :mod:`ferrum_core.conformance.checks` collected, their fixtures registered, the
 xfail file applied and the report written.
 """
 
@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from conformance import CHECKS_DIR
-from conformance.options import (
+from ferrum_core.conformance import CHECKS_DIR
+from ferrum_core.conformance.options import (
     DTYPE_CHOICES,
     kv_tolerance,
     parse_option,
@@ -23,9 +22,10 @@ from conformance.options import (
     preflight,
     run_dtype,
 )
-from conformance.oracle import set_tolerance_floor
-from conformance.report import ConformanceReport, Outcomes, check_id
-from conformance.xfail import XfailTable, load_xfail
+from ferrum_core.conformance.oracle import set_tolerance_floor
+from ferrum_core.conformance.report import ConformanceReport, Outcomes, check_id
+from ferrum_core.conformance.xfail import XfailTable, load_xfail
+
 from ferrum_core.errors import FerrumError
 from ferrum_core.types import DataType
 
@@ -126,7 +126,11 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         # `pytest --ferrum-backend NAME` alone means "the suite", not the project's testpaths.
         config.args = [str(CHECKS_DIR)]
-    from conformance import fixtures
+    # Import the checks by file, without putting their folder's parent on sys.path: in a
+    # source checkout that parent holds the folder `conformance/`, which must not become a
+    # second, top-level copy of ferrum_core.conformance.
+    config.option.importmode = "importlib"
+    from ferrum_core.conformance import fixtures
 
     try:
         preflight(str(config.getoption("ferrum_backend")), requested_dtype(config),

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import pytest
+from ferrum_core.conformance.options import kv_tolerance
+from ferrum_core.conformance.oracle import TOLERANCE
 from pydantic import BaseModel, Field
 
-from conformance.options import kv_tolerance
-from conformance.oracle import TOLERANCE
 from ferrum_core.types import DataType
 
 __all__ = ["CheckResult", "ConformanceReport", "Summary", "check_id", "Outcomes"]

@@ -17,7 +17,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conformance import XFAIL_DIR
+from ferrum_core.conformance import XFAIL_DIR
+
 from ferrum_core.errors import ConfigError
 
 __all__ = ["XfailTable", "default_xfail_path", "load_xfail"]

@@ -11,8 +11,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from ferrum_core.conformance import CHECKS_DIR
 
-from conformance import CHECKS_DIR
 from ferrum_core.backends import BackendState, get_registry
 from ferrum_core.cli.main import cli
 from ferrum_core.errors import UnknownBackendError

@@ -12,16 +12,16 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from conformance.fixtures import GoldenExecutor
-from conformance.harness import Driver, prompt, snapshot
-from conformance.oracle import (
+from ferrum_core.conformance.fixtures import GoldenExecutor
+from ferrum_core.conformance.harness import Driver, prompt, snapshot
+from ferrum_core.conformance.oracle import (
     assert_close,
     golden_model,
     golden_models,
     numeric_goldens,
     tolerance_note,
 )
+
 from ferrum_core.protocol import AttentionType, ExecutorCapabilities, ModelExecutor
 from ferrum_core.types import DataType
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from ferrum_core.conformance.harness import Driver, ids, logits_rows, prompt
+from ferrum_core.conformance.oracle import assert_close
 
-from conformance.harness import Driver, ids, logits_rows, prompt
-from conformance.oracle import assert_close
 from ferrum_core.protocol import DecodeInput, PrefillInput
 from ferrum_core.types import DataType
 

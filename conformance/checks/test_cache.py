@@ -6,9 +6,9 @@ import math
 from typing import Any
 
 import pytest
+from ferrum_core.conformance.fixtures import UnifiedSupport
+from ferrum_core.conformance.harness import Driver, ids, prompt, snapshot
 
-from conformance.fixtures import UnifiedSupport
-from conformance.harness import Driver, ids, prompt, snapshot
 from ferrum_core.plugin import POOL_METRIC_KEYS as POOL_KEYS
 from ferrum_core.protocol import DecodeInput, ModelExecutor, PrefillInput
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ferrum_core.conformance.fixtures import GoldenExecutor, UnifiedSupport
+from ferrum_core.conformance.harness import Driver, ids, logits_rows, prompt
+from ferrum_core.conformance.oracle import assert_close, golden_model, numeric_goldens
+from ferrum_core.conformance.plugin import requested_dtype
 
-from conformance.fixtures import GoldenExecutor, UnifiedSupport
-from conformance.harness import Driver, ids, logits_rows, prompt
-from conformance.oracle import assert_close, golden_model, numeric_goldens
-from conformance.plugin import requested_dtype
 from ferrum_core.errors import CapacityError
 from ferrum_core.protocol import (
     DecodeInput,

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from ferrum_core.conformance.fixtures import GoldenExecutor, UnifiedSupport, require_claim
+from ferrum_core.conformance.harness import Driver, ids, logits_rows, prompt, snapshot
+from ferrum_core.conformance.oracle import assert_close, golden_lora
 
-from conformance.fixtures import GoldenExecutor, UnifiedSupport, require_claim
-from conformance.harness import Driver, ids, logits_rows, prompt, snapshot
-from conformance.oracle import assert_close, golden_lora
 from ferrum_core.protocol import DecodeInput, KvCacheHandle, ModelExecutor
 from ferrum_core.types import DataType
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+from ferrum_core.conformance.harness import Driver, prompt
+from ferrum_core.conformance.oracle import assert_close
 
-from conformance.harness import Driver, prompt
-from conformance.oracle import assert_close
 from ferrum_core.types import DataType
 
 THREADS = 4

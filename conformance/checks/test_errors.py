@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from ferrum_core.conformance.fixtures import MakeExecutor
+from ferrum_core.conformance.harness import Driver, ids, prompt
+from ferrum_core.conformance.oracle import assert_close
 
-from conformance.fixtures import MakeExecutor
-from conformance.harness import Driver, ids, prompt
-from conformance.oracle import assert_close
 from ferrum_core.errors import CapacityError, InvalidInputError, UnknownCacheError
 from ferrum_core.protocol import DecodeInput, KvCacheHandle, PrefillInput
 from ferrum_core.tensor import HostTensor

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ferrum_core.conformance.harness import prompt
 
-from conformance.harness import prompt
 from ferrum_core.backends import BackendDescriptor
 from ferrum_core.protocol import (
     BatchModelExecutor,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from ferrum_core.conformance.harness import Driver, prompt, snapshot
 
-from conformance.harness import Driver, prompt, snapshot
 from ferrum_core.plugin import POOL_METRIC_KEYS
 from ferrum_core.protocol import ExecutorMetrics
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ferrum_core.conformance.fixtures import GoldenExecutor
+from ferrum_core.conformance.harness import Driver, ids, logits_rows
+from ferrum_core.conformance.oracle import assert_close, golden_model, numeric_goldens
+from ferrum_core.conformance.plugin import configured_dtype
 
-from conformance.fixtures import GoldenExecutor
-from conformance.harness import Driver, ids, logits_rows
-from conformance.oracle import assert_close, golden_model, numeric_goldens
-from conformance.plugin import configured_dtype
 from ferrum_core.errors import UnsupportedError
 from ferrum_core.protocol import DecodeInput, PrefillInput
 from ferrum_core.types import DataType

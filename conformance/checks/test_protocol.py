@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from ferrum_core.conformance.harness import Driver, ids, logits_rows, prompt
+from ferrum_core.conformance.oracle import assert_close
 
-from conformance.harness import Driver, ids, logits_rows, prompt
-from conformance.oracle import assert_close
 from ferrum_core.errors import UnsupportedError
 from ferrum_core.protocol import (
     ExecutorCapabilities,

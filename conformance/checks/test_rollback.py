@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from ferrum_core.conformance.fixtures import UnifiedSupport, require_unified
+from ferrum_core.conformance.harness import Driver, ids, prompt
+from ferrum_core.conformance.oracle import assert_close
 
-from conformance.fixtures import UnifiedSupport, require_unified
-from conformance.harness import Driver, ids, prompt
-from conformance.oracle import assert_close
 from ferrum_core.errors import FerrumError
 from ferrum_core.protocol import DecodeInput, KvCacheHandle, PrefillInput
 from ferrum_core.types import DataType

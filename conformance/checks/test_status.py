@@ -10,9 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from ferrum_core.conformance.fixtures import MakeExecutor
+from ferrum_core.conformance.harness import ids, prompt
 
-from conformance.fixtures import MakeExecutor
-from conformance.harness import ids, prompt
 from ferrum_core.errors import ExecutorStateError, UnsupportedError
 from ferrum_core.protocol import (
     DecodeInput,

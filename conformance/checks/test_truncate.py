@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from conformance.harness import Driver, prompt
-from conformance.oracle import assert_close
+from ferrum_core.conformance.harness import Driver, prompt
+from ferrum_core.conformance.oracle import assert_close
+
 from ferrum_core.types import DataType
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from ferrum_core.conformance.fixtures import UnifiedSupport, require_unified
+from ferrum_core.conformance.harness import Driver, prompt, snapshot
+from ferrum_core.conformance.oracle import assert_close
 
-from conformance.fixtures import UnifiedSupport, require_unified
-from conformance.harness import Driver, prompt, snapshot
-from conformance.oracle import assert_close
 from ferrum_core.protocol import ModelExecutor
 from ferrum_core.types import DataType
 

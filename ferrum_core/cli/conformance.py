@@ -1,6 +1,7 @@
 """`ferrum conformance NAME`: run the shared conformance suite against one backend.
 
-The suite is a pytest plugin shipped in the ``conformance`` package; this
+The suite is a pytest plugin shipped as ``ferrum_core.conformance`` (pytest comes with
+the ``ferrum-core[conformance]`` extra); this
 command runs pytest in-process over its checks and prints the report (a
 summary table, or the JSON document with ``--json``). ``--dtype`` and
 ``--option key=value`` reach every executor the suite builds. Exit status 1
@@ -21,7 +22,7 @@ import click
 
 from ferrum_core.errors import FerrumError
 
-__all__ = ["conformance", "run_suite", "suite_args"]
+__all__ = ["conformance", "require_pytest", "run_suite", "suite_args"]
 
 
 def suite_args(
@@ -34,7 +35,7 @@ def suite_args(
     dtype: str | None = None,
     options: Sequence[str] = (),
 ) -> list[str]:
-    from conformance import CHECKS_DIR, PACKAGE_DIR
+    from ferrum_core.conformance import CHECKS_DIR, PACKAGE_DIR
 
     args = [
         str(CHECKS_DIR),
@@ -45,6 +46,7 @@ def suite_args(
         # Ignore the caller's own pytest configuration: the suite defines what runs.
         "-c", os.devnull,
         "-p", "no:cacheprovider",
+        "--import-mode", "importlib",
         "-q" if quiet else "-v",
     ]
     if model:
@@ -74,11 +76,22 @@ def run_suite(
         report = Path(tmp) / "report.json"
         args = suite_args(backend, model, xfail, report, quiet, dtype=dtype, options=options)
         if not _plugin_autoloaded():
-            args += ["-p", "conformance.plugin"]
+            args += ["-p", "ferrum_core.conformance.plugin"]
         # pytest's progress goes to stderr so that stdout carries only the report.
         with contextlib.redirect_stdout(sys.stderr):
             code = int(pytest.main(args))
         return code, report.read_text() if report.is_file() else None
+
+
+def require_pytest() -> None:
+    """The suite runs on pytest, which is the extra ``ferrum-core[conformance]``."""
+    try:
+        import pytest  # noqa: F401
+    except ImportError:
+        raise FerrumError(
+            "ferrum conformance needs pytest, which is not installed: "
+            "pip install 'ferrum-core[conformance]'"
+        ) from None
 
 
 def _plugin_autoloaded() -> bool:
@@ -87,11 +100,12 @@ def _plugin_autoloaded() -> bool:
 
     if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
         return False
-    return any(ep.value == "conformance.plugin" for ep in entry_points(group="pytest11"))
+    plugin = "ferrum_core.conformance.plugin"
+    return any(ep.value == plugin for ep in entry_points(group="pytest11"))
 
 
 def _summary_table(report_json: str) -> str:
-    from conformance.report import ConformanceReport
+    from ferrum_core.conformance.report import ConformanceReport
 
     report = ConformanceReport.model_validate_json(report_json)
     width = max([len(c.id) for c in report.checks] + [5])
@@ -106,7 +120,7 @@ def _summary_table(report_json: str) -> str:
 
 
 def _check_options(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    from conformance.options import parse_options
+    from ferrum_core.conformance.options import parse_options
 
     try:
         parse_options(value)
@@ -145,7 +159,8 @@ def conformance(
     as_json: bool,
 ) -> None:
     """Run the conformance suite against BACKEND."""
-    from conformance.options import parse_dtype, parse_options, preflight
+    require_pytest()
+    from ferrum_core.conformance.options import parse_dtype, parse_options, preflight
 
     # unknown or unavailable backend, undeclared dtype, refused option: one line, exit 1
     preflight(backend, parse_dtype(dtype) if dtype else None, parse_options(options))
@@ -153,7 +168,7 @@ def conformance(
     if report is None:
         raise FerrumError(f"the conformance suite did not run (pytest exit code {code})")
     click.echo(report if as_json else _summary_table(report), nl=not as_json)
-    from conformance.report import ConformanceReport
+    from ferrum_core.conformance.report import ConformanceReport
 
     if ConformanceReport.model_validate_json(report).summary.failed or code not in (0, 1):
         sys.exit(1)

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from ferrum_core.conformance.options import KV_CACHE_TOLERANCE
 from ferrum_cuda.model import TorchDecoderLLM
 from torch_tiny import TinyModel, prompt
 
-from conformance.options import KV_CACHE_TOLERANCE
 from ferrum_core.llm.decoder import DecodeItem, UnifiedItem
 from ferrum_core.types import DataType
 

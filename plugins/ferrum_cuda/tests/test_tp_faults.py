@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from ferrum_core.conformance.harness import Driver
 from ferrum_cuda.tp.shard import check_shardable
 from torch_tiny import TinyModel, prompt
 
-from conformance.harness import Driver
 from ferrum_core.backends import create_executor
 from ferrum_core.errors import BackendError, BackendUnavailableError, UnsupportedError
 from ferrum_core.protocol import ExecutorConfig, ModelExecutor

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from ferrum_core.conformance.harness import Driver
 from ferrum_cuda.tp.group import free_port
 from torch_tiny import TinyModel, prompt
 
-from conformance.harness import Driver
 from ferrum_core.backends import create_executor
 from ferrum_core.protocol import ExecutorConfig, ModelExecutor
 
@@ -129,7 +129,7 @@ def test_torchrun_launch_joins_that_group(tiny: Callable[[str], TinyModel], tmp_
     script.write_text(
         textwrap.dedent(f"""
         import os
-        from conformance.harness import Driver
+        from ferrum_core.conformance.harness import Driver
         from ferrum_core.backends import create_executor
         from ferrum_core.protocol import ExecutorConfig
         config = ExecutorConfig(model_path={str(model.path)!r}, max_batch_size=2,
@@ -144,7 +144,7 @@ def test_torchrun_launch_joins_that_group(tiny: Callable[[str], TinyModel], tmp_
     done = subprocess.run(
         [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), str(script)],
         capture_output=True, text=True, timeout=300, check=False,
-        cwd=Path(__file__).resolve().parents[3],  # conformance/ importable
+        cwd=script.parent,  # ferrum_core.conformance imports from anywhere
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     ref = _executor(model, 1)
