@@ -58,6 +58,9 @@ class ExecutorCapabilities(BaseModel):
     supports_continuous_batching: bool
     supports_speculative_decoding: bool
     supports_tensor_parallelism: bool = False
+    tensor_parallel_size: int = Field(
+        default=1, ge=1, description="ranks this executor's model is split over (1: not split)"
+    )
     supports_pipeline_parallelism: bool = False
     supported_dtypes: tuple[DataType, ...]
     supported_devices: tuple[Device, ...]

@@ -85,6 +85,8 @@ def test_tp2_matches_tp1(family: str, tiny: Callable[[str], TinyModel]) -> None:
         np.testing.assert_allclose(got_rows[0], oracle, atol=ATOL, rtol=0)
         assert tp.capabilities().supports_tensor_parallelism
         assert not ref.capabilities().supports_tensor_parallelism
+        assert tp.capabilities().tensor_parallel_size == 2
+        assert ref.capabilities().tensor_parallel_size == 1
         assert not tp.capabilities().supports_lora  # said, not silently wrong
         snapshot = tp.cache_metrics_snapshot() or {}
         assert snapshot["tensor_parallel_size"] == 2
@@ -166,5 +168,6 @@ def test_info_and_supported_types_declare_tensor_parallelism() -> None:
     assert result.exit_code == 0, result.stderr[-2000:]
     info = json.loads(result.stdout)
     assert info["capabilities"]["supports_tensor_parallelism"] is True
+    assert info["capabilities"]["tensor_parallel_size"] == 1  # static: no model split yet
     assert info["details"]["tensor_parallel"]["collectives"] == "gloo"
     assert info["details"]["tensor_parallel"]["lora"] is False

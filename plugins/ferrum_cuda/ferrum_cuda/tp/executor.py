@@ -42,11 +42,9 @@ class TpExecutor(LlmExecutor):
         return self.link.workers.pids if self.link.workers is not None else []
 
     def capabilities(self) -> ExecutorCapabilities:
-        caps = super().capabilities()
-        update: dict[str, object] = {"supports_tensor_parallelism": True}
-        if "tensor_parallel_size" in ExecutorCapabilities.model_fields:  # once the core has it
-            update["tensor_parallel_size"] = self.link.size
-        return caps.model_copy(update=update)
+        return super().capabilities().model_copy(
+            update={"supports_tensor_parallelism": True, "tensor_parallel_size": self.link.size}
+        )
 
     def shutdown(self) -> None:
         try:
