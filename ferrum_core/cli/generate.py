@@ -1,4 +1,4 @@
-"""`ferrum generate`, `ferrum chat`, `ferrum bench`: thin wrappers over `LLM`.
+"""`ferrum generate` and `ferrum chat`: thin wrappers over `LLM`.
 
 Each parses its options, calls the library and prints. A `FerrumError` becomes
 one line on stderr and exit status 1; the engine is imported only when a
@@ -9,48 +9,25 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from ferrum_core.cli.engine_options import (
+    check_texts,
+    errors,
+    load_llm,
+    model_options,
+    one_line,
+    sampling_options,
+    sampling_params,
+)
 from ferrum_core.errors import FerrumError
 
 if TYPE_CHECKING:
     from ferrum_core.engine import LLM, RequestOutput, SamplingParams
 
-__all__ = ["generate", "chat", "bench"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-DTYPES = ("auto", "fp32", "fp16", "bf16", "int8", "int4")
-KV_CACHE_DTYPES = ("auto", "fp32", "bf16", "fp16")
-TP_HELP = ("Split the model over N ranks (tensor parallelism; executor option "
-           "tensor_parallel_size, for backends that have it: torch, cuda).")
-KV_CACHE_DTYPE_HELP = ("Store the KV cache in this dtype (auto: the compute dtype); executor "
-                       "option kv_cache_dtype, for backends that have it (torch, cuda).")
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except FerrumError as exc:
-        raise click.ClickException(_one_line(exc)) from exc
-
-
-def _one_line(exc: FerrumError) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _check_texts(**texts: str | tuple[str, ...] | None) -> None:
-    """Text options must be UTF-8: undecodable bytes in argv arrive as lone surrogates."""
-    from ferrum_core.models.tokenizer import utf8_text
-
-    for name, value in texts.items():
-        values: tuple[str, ...] = (value,) if isinstance(value, str) else value or ()
-        for text in values:
-            utf8_text(text, name)
+__all__ = ["generate", "chat"]
 
 
 def _read_line() -> str | None:
@@ -72,84 +49,6 @@ def _read_line() -> str | None:
             f"input is not valid UTF-8 text: undecodable byte 0x{raw[exc.start]:02x}"
             f" at byte {exc.start}"
         ) from None
-
-
-def remember_option(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    """Keep an option that no command signature names in ``ctx.meta`` (read by ``_load``)."""
-    if param.name is not None:
-        ctx.meta[f"ferrum.{param.name}"] = value
-    return value
-
-
-def tensor_parallel_option() -> Callable[[F], F]:
-    return click.option("--tensor-parallel-size", type=click.IntRange(min=1), default=None,
-                        expose_value=False, callback=remember_option, help=TP_HELP)
-
-
-def tensor_parallel_size() -> int | None:
-    """``--tensor-parallel-size`` of the running command (None: not given)."""
-    ctx = click.get_current_context(silent=True)
-    value = ctx.meta.get("ferrum.tensor_parallel_size") if ctx is not None else None
-    return int(value) if value is not None else None
-
-
-def _model_options(func: F) -> F:
-    options = [
-        click.option("--model", "-m", default=None, metavar="DIR|FILE.gguf",
-                     help="Model directory or GGUF file (default: the embedded default model)."),
-        click.option("--backend", "-b", default=None, help="Backend name (default: selected)."),
-        click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
-                     help="auto: a GGUF in its own quantisation where the backend can, a "
-                     "Hugging Face folder in its stored dtype; else the backend's best."),
-        click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="CPU threads for the backend."),
-        click.option("--kv-cache-dtype", type=click.Choice(KV_CACHE_DTYPES), default=None,
-                     help=KV_CACHE_DTYPE_HELP),
-        tensor_parallel_option(),
-        click.option("--max-model-len", type=click.IntRange(min=2), default=None),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _sampling_options(func: F) -> F:
-    options = [
-        click.option("--max-tokens", type=int, default=256, show_default=True),
-        click.option("--temperature", "-t", type=float, default=0.0, show_default=True,
-                     help="0 is greedy."),
-        click.option("--top-p", type=float, default=1.0, show_default=True),
-        click.option("--top-k", type=int, default=-1, show_default=True),
-        click.option("--min-p", type=float, default=0.0, show_default=True),
-        click.option("--repetition-penalty", type=float, default=1.0, show_default=True),
-        click.option("--seed", type=int, default=None),
-        click.option("--system", default=None, metavar="TEXT", help="System message."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _load(model: str | None, backend: str | None, dtype: str, threads: int | None,
-          max_model_len: int | None, kv_cache_dtype: str | None = None, **extra: Any) -> LLM:
-    from ferrum_core.engine import LLM
-
-    config: dict[str, Any] = {"dtype": dtype, **extra}
-    if threads is not None:
-        config["threads"] = threads
-    if kv_cache_dtype is not None:
-        config["executor_options"] = {"kv_cache_dtype": kv_cache_dtype}
-    if tensor_parallel_size() is not None:
-        config["tensor_parallel_size"] = tensor_parallel_size()
-    if max_model_len is not None:
-        config["max_model_len"] = max_model_len
-    return LLM(model, backend, **config)
-
-
-def _params(**values: Any) -> SamplingParams:
-    from ferrum_core.engine import SamplingParams
-
-    return SamplingParams(**{k: v for k, v in values.items() if v is not None})
 
 
 def _prompt_ids(llm: LLM, prompt: str, system: str | None, raw: bool) -> list[int]:
@@ -184,8 +83,8 @@ def _as_json(output: RequestOutput, llm: LLM) -> dict[str, Any]:
 
 @click.command()
 @click.argument("prompt")
-@_model_options
-@_sampling_options
+@model_options
+@sampling_options
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
 @click.option("--logprobs", type=int, default=None, metavar="N",
               help="Report the N most likely tokens at each position.")
@@ -205,16 +104,16 @@ def generate(prompt: str, model: str | None, backend: str | None, dtype: str,
              stream_: bool, as_json: bool, speculative_model: str | None,
              num_speculative_tokens: int) -> None:
     """Generate a completion for PROMPT (chat template applied unless --raw)."""
-    with _errors():
-        _check_texts(PROMPT=prompt, system=system, stop=stop)
-        params = _params(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+    with errors():
+        check_texts(PROMPT=prompt, system=system, stop=stop)
+        params = sampling_params(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                          top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty,
                          seed=seed, stop=stop, logprobs=logprobs, ignore_eos=ignore_eos)
         extra: dict[str, Any] = {}
         if speculative_model is not None:
             extra = {"speculative_model": speculative_model,
                      "num_speculative_tokens": num_speculative_tokens}
-        llm = _load(model, backend, dtype, threads, max_model_len, kv_cache_dtype, **extra)
+        llm = load_llm(model, backend, dtype, threads, max_model_len, kv_cache_dtype, **extra)
         token_prompt = {"prompt_token_ids": _prompt_ids(llm, prompt, system, raw),
                         "prompt": prompt}
         if stream_ and not as_json:
@@ -246,8 +145,8 @@ def _timing_line(timings: dict[str, Any]) -> str:
 
 
 @click.command()
-@_model_options
-@_sampling_options
+@model_options
+@sampling_options
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past end-of-sequence.")
 def chat(model: str | None, backend: str | None, dtype: str, threads: int | None,
          kv_cache_dtype: str | None, max_model_len: int | None, max_tokens: int,
@@ -255,11 +154,11 @@ def chat(model: str | None, backend: str | None, dtype: str, threads: int | None
          repetition_penalty: float, seed: int | None, system: str | None,
          ignore_eos: bool) -> None:
     """Chat with the model in the terminal (/reset clears the history, /exit or EOF quits)."""
-    with _errors():
-        params = _params(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+    with errors():
+        params = sampling_params(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                          top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty,
                          seed=seed, ignore_eos=ignore_eos)
-        llm = _load(model, backend, dtype, threads, max_model_len, kv_cache_dtype)
+        llm = load_llm(model, backend, dtype, threads, max_model_len, kv_cache_dtype)
         if not llm.tokenizer.has_chat_template:
             raise click.ClickException("this model has no chat template; use `ferrum generate`")
         start = [{"role": "system", "content": system}] if system else []
@@ -280,7 +179,7 @@ def chat(model: str | None, backend: str | None, dtype: str, threads: int | None
                 if text:
                     history = _turn(llm, history, text, params)
             except FerrumError as exc:  # this turn failed; the session and its history go on
-                click.echo(f"Error: {_one_line(exc)}", err=True)
+                click.echo(f"Error: {one_line(exc)}", err=True)
 
 
 def _turn(llm: LLM, history: list[dict[str, str]], text: str,
@@ -296,31 +195,3 @@ def _turn(llm: LLM, history: list[dict[str, str]], text: str,
     finally:
         click.echo()
     return [*asked, {"role": "assistant", "content": "".join(reply)}]
-
-
-@click.command()
-@_model_options
-@click.option("--num-requests", "-n", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--prompt-len", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--output-len", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--max-num-seqs", type=click.IntRange(min=1), default=None)
-@click.option("--max-num-batched-tokens", type=click.IntRange(min=1), default=None)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prompts.")
-@click.option("--warmup/--no-warmup", default=True, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench(model: str | None, backend: str | None, dtype: str, threads: int | None,
-          kv_cache_dtype: str | None, max_model_len: int | None, num_requests: int,
-          prompt_len: int, output_len: int,
-          max_num_seqs: int | None, max_num_batched_tokens: int | None, seed: int,
-          warmup: bool, as_json: bool) -> None:
-    """Throughput and latency of N concurrent requests (random prompts, EOS ignored)."""
-    from ferrum_core.engine.benchmark import run_benchmark
-
-    with _errors():
-        extra: dict[str, Any] = {"max_num_seqs": max_num_seqs or max(num_requests, 1)}
-        if max_num_batched_tokens is not None:
-            extra["max_num_batched_tokens"] = max_num_batched_tokens
-        llm = _load(model, backend, dtype, threads, max_model_len, kv_cache_dtype, **extra)
-        report = run_benchmark(llm, num_requests=num_requests, prompt_len=prompt_len,
-                               output_len=output_len, seed=seed, warmup=warmup)
-        click.echo(report.model_dump_json() if as_json else report.table())

@@ -24,7 +24,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("ferrum_core.cli.convert:convert", "Convert a GGUF file to an HF directory."),
     "generate": ("ferrum_core.cli.generate:generate", "Generate text from a prompt."),
     "chat": ("ferrum_core.cli.generate:chat", "Chat interactively with a model."),
-    "bench": ("ferrum_core.cli.generate:bench", "Measure throughput and latency."),
+    "bench": ("ferrum_core.cli.bench_cmd:bench", "Measure throughput and latency."),
     "serve": ("ferrum_core.cli.serve:serve", "Serve the OpenAI API (chat and text completions)."),
     "conformance": ("ferrum_core.cli.conformance:conformance", "Run the conformance suite."),
 }

@@ -10,13 +10,13 @@ from typing import Any
 
 import click
 
-from ferrum_core.cli.generate import (
+from ferrum_core.cli.engine_options import (
     DTYPES,
     KV_CACHE_DTYPE_HELP,
     KV_CACHE_DTYPES,
-    _errors,
+    engine_config,
+    errors,
     tensor_parallel_option,
-    tensor_parallel_size,
 )
 
 __all__ = ["serve", "is_loopback"]
@@ -88,21 +88,14 @@ def serve(model: str | None, backend: str | None, host: str, port: int,
     if api_key is None and not is_loopback(host):
         raise click.UsageError(f"--host {host} is not a loopback address: set --api-key "
                                "(or FERRUM_API_KEY) before exposing the server")
-    with _errors():
+    with errors():
         import uvicorn
 
         from ferrum_core.server import EngineSlot, ServerSettings, create_app
 
         template = _read_template(chat_template) if chat_template else None
-        config: dict[str, Any] = {"dtype": dtype}
-        for key, value in (("threads", threads), ("max_model_len", max_model_len),
-                           ("max_num_seqs", max_num_seqs)):
-            if value is not None:
-                config[key] = value
-        if kv_cache_dtype is not None:
-            config["executor_options"] = {"kv_cache_dtype": kv_cache_dtype}
-        if tensor_parallel_size() is not None:
-            config["tensor_parallel_size"] = tensor_parallel_size()
+        extra = {} if max_num_seqs is None else {"max_num_seqs": max_num_seqs}
+        config = engine_config(dtype, threads, max_model_len, kv_cache_dtype, **extra)
         names = _served_names(served_model_name, model, "")
         settings = ServerSettings(served_model_names=names, api_key=api_key,
                                   max_body_bytes=max_body_bytes)

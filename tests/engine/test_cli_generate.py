@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from ferrum_core.cli.generate import bench, chat, generate
+from ferrum_core.cli.bench_cmd import bench
+from ferrum_core.cli.generate import chat, generate
 
 
 @pytest.fixture
