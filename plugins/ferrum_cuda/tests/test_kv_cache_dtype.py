@@ -167,4 +167,7 @@ def test_cuda_graphs_static_path_with_a_bf16_pool(tiny: Callable[[str], TinyMode
     static.pool.data.fill_(float("nan"))  # a masked key reading unwritten memory would show
     got, want = _run(static), _run(model.build(**kw))
     assert (static.cache_metrics_snapshot() or {})["cuda_graph_replays"] == 4
-    assert _max_rel(got, want) < 1e-5
+    # Even plain F.linear may pick another kernel for 4 rows than for 3 on some CPUs (the
+    # AMD EPYC runners do): one K value then rounds to the neighbouring bf16 value, ~1e-4 in
+    # the logits. A wrong slot, a stale block or a masked key read as NaN is far above 1e-3.
+    assert _max_rel(got, want) < 1e-3
