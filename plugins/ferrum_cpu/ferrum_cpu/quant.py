@@ -8,9 +8,12 @@ both return the :class:`Nodes` to add to a graph, every name prefixed by
 * ``fp32``: ``MatMul`` on the float32 weights (a GGUF block type dequantised
   exactly as ``gguf.quants.dequantize`` does), then ``Add`` of the bias.
 * ``int4``/``int8`` from a GGUF block type: the tensor keeps its own codes and
-  scales (:mod:`.quant_gguf`), one ``MatMulNBits`` with uint8 zero points
-  (the form ONNX Runtime prepacks); Q4_1/Q4_K/Q5_1/Q5_K add their exact
-  minimums as ``block sums of x @ mins.T`` (a small fp32 ``MatMul``).
+  scales (:mod:`.quant_gguf`), one ``MatMulNBits`` with uint8 zero points, or
+  none when they all equal the operator's default (the forms ONNX Runtime
+  prepacks); Q4_1/Q4_K/Q5_1/Q5_K add their exact minimums as
+  ``block sums of x @ mins.T``: the same ``MatMulNBits`` also writes the block
+  sums of ``x`` (one extra row per block), a ``Split`` takes them off and a
+  small fp32 ``MatMul`` + ``Add`` applies the minimums.
 * ``int4``/``int8`` from float weights (ndarray, F32/F16/BF16 tensors):
   quantised by ONNX Runtime's quantiser (:mod:`.quant_ort`), asymmetric.
 * 8-bit codes at ``accuracy_level`` < 4 run as two exact 4-bit
@@ -94,20 +97,38 @@ def _check(mode: str, weight: StoredTensor | np.ndarray, what: str) -> tuple[int
     return int(shape[0]), int(shape[1])
 
 
-def _block_sums(prefix: str, x: str, k: int, group: int) -> Nodes:
-    """``sums[..., b] = sum(x[..., b*group:(b+1)*group])`` for any rank of
-    ``x``: a ``MatMulNBits`` over a 0/1 indicator matrix (fp32 activations, so
-    the sums are exact float32 sums)."""
-    blocks = k // group
-    codes = np.zeros((blocks, blocks, group), dtype=np.uint8)
-    codes[np.arange(blocks), np.arange(blocks)] = 1
-    ones = np.ones((blocks, blocks), dtype=np.float32)
-    zeros = np.zeros((blocks, blocks), dtype=np.uint8)
-    indicator = NBitsWeight(codes, ones, zeros, 4, k)
-    node, inits = matmul_nbits(
-        f"{prefix}.block_sums", x, f"{prefix}.block_sums", indicator, accuracy_level=1
+def _centred(weight: NBitsWeight, mins: np.ndarray) -> tuple[NBitsWeight, np.ndarray]:
+    """Zero points 0 (a type with free minimums) moved to the operator's default
+    ``z = 2 ** (bits - 1)``: ``s q + m = s (q - z) + (m + z s)``, so no zero-point
+    input is read and, with int8 activations, the codes the kernel multiplies are
+    centred. ``z s`` is exact in float32; ``m + z s`` is one float32 rounding."""
+    if np.any(weight.zero_points != 0):
+        return weight, mins
+    z = 1 << (weight.bits - 1)
+    moved = NBitsWeight(weight.codes, weight.scales, np.full_like(weight.zero_points, z),
+                        weight.bits, weight.k)  # fmt: skip
+    return moved, (mins + np.float32(z) * weight.scales).astype(np.float32)
+
+
+def _with_block_sum_rows(weight: NBitsWeight) -> NBitsWeight:
+    """``weight`` plus one row per block of K whose product with ``x`` is that
+    block's sum of ``x`` (code ``z + 1`` in its block, ``z`` elsewhere, scale 1):
+    the sums the minimums term needs come out of the same ``MatMulNBits``, from
+    the activations exactly as the weights see them (fp32 at accuracy_level 1,
+    int8 at 4, so the two terms stay consistent)."""
+    blocks, size = weight.codes.shape[1], weight.block_size
+    z = weight.zero_points.reshape(-1)[0] if weight.zero_points.size else 0
+    if np.any(weight.zero_points != z):
+        raise ValueError("block-sum rows need one zero point for the whole weight")
+    codes = np.full((blocks, blocks, size), z, dtype=np.uint8)
+    codes[np.arange(blocks), np.arange(blocks)] = z + 1
+    return NBitsWeight(
+        np.concatenate([weight.codes, codes]),
+        np.concatenate([weight.scales, np.ones((blocks, blocks), np.float32)]),
+        np.concatenate([weight.zero_points, np.full((blocks, blocks), z, np.uint8)]),
+        weight.bits,
+        weight.k,
     )
-    return Nodes([node], inits)
 
 
 def _nbits_parts(weight: NBitsWeight, accuracy_level: int) -> list[NBitsWeight]:
@@ -124,17 +145,31 @@ def _emit(
     mins: np.ndarray | None,
     bias: np.ndarray | None,
     accuracy_level: int,
-    shared_sums: dict[tuple[str, int], str] | None,
 ) -> Nodes:
+    """``x @ W.T (+ bias)``; with ``mins`` (``(N, blocks)``) plus ``sums(x) @ mins.T``.
+
+    With minimums the ``MatMulNBits`` gets one extra output column per block (its
+    block sums, :func:`_with_block_sum_rows`); a ``Split`` separates them, a small
+    fp32 ``MatMul`` applies the minimums and an ``Add`` joins the two terms."""
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
-    terms: list[str] = []
+    n = weight.n
+    blocks = 0
+    if mins is not None:
+        if mins.shape != (n, weight.codes.shape[1]):
+            raise ValueError(f"minimums {mins.shape} do not match the blocks of {prefix}")
+        weight, mins = _centred(weight, mins)
+        weight = _with_block_sum_rows(weight)
+        blocks = mins.shape[1]
     bias_name: str | None = None
     if bias is not None:
-        bias_init = float_initializer(f"{prefix}.bias", np.asarray(bias).reshape(weight.n))
+        full = np.zeros(n + blocks, np.float32)
+        full[:n] = np.asarray(bias, np.float32).reshape(n)
+        bias_init = float_initializer(f"{prefix}.bias", full)
         inits.append(bias_init)
         bias_name = bias_init.name
     parts = _nbits_parts(weight, accuracy_level)
+    terms: list[str] = []
     for index, part in enumerate(parts):
         name = f"{prefix}.matmul_nbits" + (f".{index}" if len(parts) > 1 else "")
         node, part_inits = matmul_nbits(
@@ -148,26 +183,24 @@ def _emit(
         nodes.append(node)
         inits += part_inits
         terms.append(name)
-    if mins is not None:
-        group = weight.k // mins.shape[1]
-        sums_name = None if shared_sums is None else shared_sums.get((x, group))
-        if sums_name is None:
-            sums = _block_sums(prefix, x, weight.k, group)
-            nodes += sums.nodes
-            inits += sums.initializers
-            sums_name = sums.nodes[-1].output[0]
-            if shared_sums is not None:
-                shared_sums[(x, group)] = sums_name
-        mins_t = float_initializer(f"{prefix}.mins", np.ascontiguousarray(mins.T))
-        inits.append(mins_t)
-        term = f"{prefix}.min_term"
-        nodes.append(helper.make_node("MatMul", [sums_name, mins_t.name], [term], name=term))
-        terms.append(term)
-    if len(terms) == 1:  # a single MatMulNBits writes ``out`` itself
-        nodes[-1].output[0] = out
+    product = f"{prefix}.product" if mins is not None else out
+    if len(terms) == 1:  # a single MatMulNBits writes the product itself
+        nodes[-1].output[0] = product
     else:
-        op = "Add" if len(terms) == 2 else "Sum"
-        nodes.append(helper.make_node(op, terms, [out], name=f"{prefix}.sum"))
+        nodes.append(helper.make_node("Add", terms, [product], name=f"{prefix}.parts"))
+    if mins is None:
+        return Nodes(nodes, inits)
+    sizes = numpy_helper.from_array(np.array([n, blocks], np.int64), f"{prefix}.split_sizes")
+    mins_t = float_initializer(f"{prefix}.mins", np.ascontiguousarray(mins.T))
+    inits += [sizes, mins_t]
+    main, sums, term = f"{prefix}.main", f"{prefix}.block_sums", f"{prefix}.min_term"
+    split = helper.make_node("Split", [product, sizes.name], [main, sums], name=f"{prefix}.split",
+                             axis=-1)  # fmt: skip
+    nodes += [
+        split,
+        helper.make_node("MatMul", [sums, mins_t.name], [term], name=term),
+        helper.make_node("Add", [main, term], [out], name=f"{prefix}.sum"),
+    ]
     return Nodes(nodes, inits)
 
 
@@ -181,19 +214,12 @@ def linear(
     mode: Mode,
     accuracy_level: int = 1,
     block_size: int = 32,
-    shared_sums: dict[tuple[str, int], str] | None = None,
 ) -> Nodes:
     """``out = x @ W.T (+ bias)`` for ``weight`` ``W[N, K]``; ``x`` is
     ``[..., K]`` (rank 2 or 3), ``out`` ``[..., N]``. See the module docs for
     the forms per ``mode``; ``accuracy_level`` goes to ``MatMulNBits``
     (1: fp32 activations, exact; 4: int8 activations) and ``block_size`` is
     the quantiser's block for float weights (GGUF types keep their own).
-
-    ``shared_sums`` (optional): one dict passed to every ``linear`` of a graph,
-    in the order their nodes are added. The block sums of an input that a
-    minimums term needs are then computed once per input (q/k/v, gate/up),
-    by the first linear that needs them; the dict maps ``(x, group)`` to the
-    tensor holding them.
 
     Raises :class:`UnsupportedError` naming the GGUF type and tensor for a
     block type with no exact ``MatMulNBits`` form."""
@@ -218,10 +244,10 @@ def linear(
         return Nodes([matmul, add], [w_t, b])
     if isinstance(weight, StoredTensor) and weight.quantized:
         gguf: GgufWeight = gguf_weight(weight)
-        return _emit(prefix, x, out, gguf.weight, gguf.mins, bias, accuracy_level, shared_sums)
+        return _emit(prefix, x, out, gguf.weight, gguf.mins, bias, accuracy_level)
     bits = 4 if mode == "int4" else 8
     quantised = ort_quantize(weight_float32(weight), bits, block_size)
-    return _emit(prefix, x, out, quantised, None, bias, accuracy_level, shared_sums)
+    return _emit(prefix, x, out, quantised, None, bias, accuracy_level)
 
 
 def embedding(

@@ -131,9 +131,8 @@ LAYERS = {
 
 def layer_forms(layout: dict[str, tuple[int, str]], level: int) -> dict[str, Nodes]:
     """A layer's Q4_1 linears in each form, as one graph per form."""
-    forms: dict[str, list[Nodes]] = {"exact": [], "exact, shared sums": [], "zp0 alone": []}
+    forms: dict[str, list[Nodes]] = {"exact": [], "zp0 alone": []}
     forms["re-quantised (ORT)"] = []
-    shared: dict[tuple[str, int], str] = {}
     for index, (name, (n, src)) in enumerate(layout.items()):
         k = 1536 if src == "h" else K
         q41 = stored("Q4_1", n, index)
@@ -143,9 +142,6 @@ def layer_forms(layout: dict[str, tuple[int, str]], level: int) -> dict[str, Nod
         dense = g.weight.dequantize() + np.repeat(g.mins, 32, axis=1)
         args = {"bias": None, "mode": "int4", "accuracy_level": level}
         forms["exact"].append(linear(name, src, f"y_{name}", q41, **args))  # type: ignore[arg-type]
-        forms["exact, shared sums"].append(
-            linear(name, src, f"y_{name}", q41, **args, shared_sums=shared)  # type: ignore[arg-type]
-        )
         for label, weight in (("zp0 alone", g.weight), ("re-quantised (ORT)", None)):
             weight = weight if weight is not None else ort_quantize(dense, 4, 32)
             node, inits = matmul_nbits(name, src, f"y_{name}", weight, accuracy_level=level)

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["NBitsWeight", "matmul_nbits", "pack_rows", "split_nibbles"]
+__all__ = ["NBitsWeight", "default_zero_point", "matmul_nbits", "pack_rows", "split_nibbles"]
 
 MS_DOMAIN = "com.microsoft"
 
@@ -97,14 +97,19 @@ def matmul_nbits(
     *,
     accuracy_level: int,
     bias: str | None = None,
-    zero_points: bool = True,
+    zero_points: bool | None = None,
 ) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
     """One ``MatMulNBits`` node computing ``out = x @ W.T (+ bias)`` and its
     initializers (``{name}.qweight``, ``.scales``, ``.zero_points``).
 
     ``zero_points=False`` leaves the input out (the operator then uses
-    ``2 ** (bits - 1)``); it must equal every zero point of ``weight``."""
-    if not zero_points and np.any(weight.zero_points != 1 << (weight.bits - 1)):
+    ``2 ** (bits - 1)``); it must equal every zero point of ``weight``.
+    ``None`` (the default) leaves it out exactly when it may: both forms are
+    prepacked, the default one reads no zero points."""
+    default = default_zero_point(weight)
+    if zero_points is None:
+        zero_points = not default
+    if not zero_points and not default:
         raise ValueError("the default zero point differs from the weight's")
     qweight = numpy_helper.from_array(pack_rows(weight.codes, weight.bits), f"{name}.qweight")
     scales = numpy_helper.from_array(
@@ -132,6 +137,11 @@ def matmul_nbits(
         accuracy_level=accuracy_level,
     )
     return node, inits
+
+
+def default_zero_point(weight: NBitsWeight) -> bool:
+    """Whether every zero point of ``weight`` is the operator's default ``2 ** (bits - 1)``."""
+    return bool(np.all(weight.zero_points == 1 << (weight.bits - 1)))
 
 
 def float_initializer(name: str, array: np.ndarray) -> TensorProto:

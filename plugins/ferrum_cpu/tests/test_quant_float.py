@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ferrum_cpu.quant import Nodes, linear
+from ferrum_cpu.quant import linear
 from ferrum_cpu.quant_ort import ort_quantize
-from test_quant_support import gguf_tensor, initializer, rel_err, run
+from test_quant_support import initializer, rel_err, run
 
 from ferrum_core.errors import UnsupportedError
 from ferrum_core.plugin import StoredTensor
@@ -73,24 +73,6 @@ def test_rank2_and_float_tensors_follow_the_array_path() -> None:
         assert rel_err(run(nodes, {"x": x}), x @ own.T) < 1e-4, stored.type
         exact = linear("l", "x", "y", stored, bias=None, mode="fp32")
         assert rel_err(run(exact, {"x": x}), x @ floats.T) < 1e-6, stored.type
-
-
-def test_shared_block_sums_are_computed_once_per_input() -> None:
-    (q, wq), (k, wk) = gguf_tensor("Q4_1", 8, 64, 1), gguf_tensor("Q4_K", 4, 256, 2)
-    (v, wv) = gguf_tensor("Q4_1", 6, 64, 3)
-    shared: dict[tuple[str, int], str] = {}
-    first = linear("a", "x", "ya", q, bias=None, mode="int4", shared_sums=shared)
-    second = linear("b", "x", "yb", v, bias=None, mode="int4", shared_sums=shared)
-    other = linear("c", "z", "yc", k, bias=None, mode="int4", shared_sums=shared)
-    sums = [n for part in (first, second, other) for n in part.nodes if "block_sums" in n.name]
-    assert [n.input[0] for n in sums] == ["x", "z"]
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 64)).astype(np.float32)
-    both = Nodes(first.nodes + second.nodes, first.initializers + second.initializers)
-    assert rel_err(run(both, {"x": x}, out="yb"), x @ wv.T) < 1e-4
-    assert rel_err(run(first, {"x": x}, out="ya"), x @ wq.T) < 1e-4
-    z = rng.standard_normal((1, 2, 256)).astype(np.float32)
-    assert rel_err(run(other, {"z": z}, out="yc"), z @ wk.T) < 1e-4
 
 
 def test_bad_arguments_are_typed_errors() -> None:

@@ -42,36 +42,57 @@ def test_level1_equals_fp32_on_dequantised_weights(kind: str, mode: str) -> None
 
 
 @pytest.mark.parametrize("kind", SUPPORTED)
-def test_graph_is_matmul_nbits_with_uint8_zero_points(kind: str) -> None:
+def test_graph_is_matmul_nbits_on_the_prepacked_path(kind: str) -> None:
+    """One ``MatMulNBits`` per weight (two 4-bit halves for 8 bits at level 1) with
+    uint8 zero points or none (the operator's default): both are prepacked; a
+    float zero point would not be. Minimums: the block sums are extra output
+    columns of that same op, split off into one small fp32 MatMul."""
     k, n = k_for(kind), 24
     stored, _ = gguf_tensor(kind, n, k, seed=3)
     for level in (1, 4):
         nodes = linear("p", "x", "y", stored, bias=None, mode="int4", accuracy_level=level)
-        mnb = [node for node in nodes.nodes if node.op_type == "MatMulNBits"]
-        weight_ops = [node for node in mnb if "block_sums" not in node.name]
+        weight_ops = [node for node in nodes.nodes if node.op_type == "MatMulNBits"]
         split = kind in EIGHT_BIT and level == 1  # 8-bit codes as two exact 4-bit halves
         assert len(weight_ops) == (2 if split else 1)
+        blocks = k // 32 if kind in MINIMUMS else 0
         for node in weight_ops:
             attrs = {a.name: a.i for a in node.attribute}
             assert node.domain == "com.microsoft"
             assert attrs["bits"] == (8 if kind in EIGHT_BIT and not split else 4)
             assert attrs["block_size"] == (16 if kind == "Q6_K" else 32)
-            assert (attrs["K"], attrs["N"], attrs["accuracy_level"]) == (k, n, level)
-            zero_points = initializer(nodes, node.input[3])
-            assert zero_points.dtype == np.uint8  # the prepacked (fast) path
-            blocks = k // attrs["block_size"]
-            assert zero_points.size == n * -(-blocks * attrs["bits"] // 8)
+            assert (attrs["K"], attrs["N"], attrs["accuracy_level"]) == (k, n + blocks, level)
+            if len(node.input) > 3 and node.input[3]:
+                zero_points = initializer(nodes, node.input[3])
+                assert zero_points.dtype == np.uint8  # the prepacked (fast) path
+                per_row = -(-(k // attrs["block_size"]) * attrs["bits"] // 8)
+                assert zero_points.size == (n + blocks) * per_row
             assert initializer(nodes, node.input[2]).dtype == np.float32
+        if not split and kind in {"Q4_0", "Q8_0"} | MINIMUMS:
+            assert all(len(node.input) <= 3 or not node.input[3] for node in weight_ops)
         assert all(t.data_type != 10 for t in nodes.initializers)  # no float16 anywhere
+        matmuls = [node for node in nodes.nodes if node.op_type == "MatMul"]
         if kind in MINIMUMS:
-            (sums,) = [node for node in mnb if "block_sums" in node.name]
-            assert {a.name: a.i for a in sums.attribute}["accuracy_level"] == 1
-            matmuls = [node for node in nodes.nodes if node.op_type == "MatMul"]
-            assert [m.input[0] for m in matmuls] == [sums.output[0]]
-            assert initializer(nodes, matmuls[0].input[1]).shape == (k // 32, n)
+            (cut,) = [node for node in nodes.nodes if node.op_type == "Split"]
+            assert list(initializer(nodes, cut.input[1])) == [n, blocks]
+            assert [m.input[0] for m in matmuls] == [cut.output[1]]
+            assert initializer(nodes, matmuls[0].input[1]).shape == (blocks, n)
         else:
-            assert not any(node.op_type == "MatMul" for node in nodes.nodes)
+            assert not matmuls
         assert nodes.nodes[-1].output[0] == "y"
+
+
+@pytest.mark.parametrize("kind", sorted(MINIMUMS))
+@pytest.mark.parametrize("level", [1, 4])
+def test_block_sums_come_from_the_weight_op(kind: str, level: int) -> None:
+    """The extra columns hold the per-block sums of ``x`` (exact at level 1, from
+    the int8 activations at level 4)."""
+    k = k_for(kind)
+    stored, _ = gguf_tensor(kind, 8, k, seed=11)
+    x = np.random.default_rng(7).standard_normal((2, 3, k)).astype(np.float32)
+    nodes = linear("l", "x", "y", stored, bias=None, mode="int4", accuracy_level=level)
+    sums = run(nodes, {"x": x}, out="l.block_sums")
+    want = x.reshape(2, 3, k // 32, 32).sum(-1)
+    assert rel_err(sums, want) < (1e-5 if level == 1 else INT8_ACTIVATIONS)
 
 
 @pytest.mark.parametrize("kind", SUPPORTED)
