@@ -12,7 +12,7 @@ import mlx.core as mx
 from ferrum_core.errors import UnsupportedError
 from ferrum_core.plugin import ModelConfig
 from ferrum_mlx.kv import SequenceKv
-from ferrum_mlx.layers import Linear
+from ferrum_mlx.layers import Sharded, Streams
 from ferrum_mlx.weights import LayerWeights, ModelWeights
 
 __all__ = ["Forward", "Span", "activation"]
@@ -51,19 +51,23 @@ def activation(name: str) -> Callable[[mx.array], mx.array]:
         ) from None
 
 
-def _project(parts: tuple[Linear, ...], x: mx.array, sizes: Sequence[int]) -> list[mx.array]:
+def _project(
+    parts: tuple[Sharded, ...], x: mx.array, sizes: Sequence[int], streams: Streams
+) -> list[mx.array]:
     if len(parts) == 1:
-        y = parts[0](x)
+        y = parts[0](x, streams)
         cuts, total = [], 0
         for size in sizes[:-1]:
             total += size
             cuts.append(total)
         return list(mx.split(y, cuts, axis=-1))
-    return [linear(x) for linear in parts]
+    return [matrix(x, streams) for matrix in parts]
 
 
 class Forward:
-    """The math of one model; ``periods`` are rope wavelengths (``1 / inv_freq``)."""
+    """The math of one model; ``periods`` are rope wavelengths (``1 / inv_freq``).
+    ``streams`` (of each call): one per column shard of the weights, see
+    :mod:`ferrum_mlx.layers`."""
 
     def __init__(self, config: ModelConfig, weights: ModelWeights, periods: mx.array) -> None:
         self.cfg = config
@@ -74,20 +78,22 @@ class Forward:
         self.kv_dim = config.num_key_value_heads * config.head_dim
         self.scale = config.head_dim**-0.5
 
-    def hidden(self, ids: mx.array, positions: mx.array, spans: Sequence[Span]) -> mx.array:
+    def hidden(
+        self, ids: mx.array, positions: mx.array, spans: Sequence[Span], streams: Streams
+    ) -> mx.array:
         """Final-norm hidden states ``[T, hidden]`` of the batch (lazy)."""
         cfg, eps = self.cfg, self.cfg.rms_norm_eps
         x = self.w.embed(ids)
         for index, layer in enumerate(self.w.layers):
             h = mx.fast.rms_norm(x, layer.input_norm, eps)
-            x = x + self._attention(index, layer, h, positions, spans)
+            x = x + self._attention(index, layer, h, positions, spans, streams)
             h = mx.fast.rms_norm(x, layer.post_norm, eps)
-            gate, up = _project(layer.gate_up, h, (cfg.intermediate_size,) * 2)
-            x = x + layer.down(self.act(gate) * up)
+            gate, up = _project(layer.gate_up, h, (cfg.intermediate_size,) * 2, streams)
+            x = x + layer.down(self.act(gate) * up, streams)
         return mx.fast.rms_norm(x, self.w.final_norm, eps)
 
-    def logits(self, hidden: mx.array) -> mx.array:
-        return self.w.lm_head(hidden).astype(mx.float32)
+    def logits(self, hidden: mx.array, streams: Streams) -> mx.array:
+        return self.w.lm_head(hidden, streams).astype(mx.float32)
 
     def _rope(self, x: mx.array, positions: mx.array) -> mx.array:
         # [T, heads, d] -> [T, heads, 1, d]: every token its own batch row with its own offset.
@@ -97,11 +103,11 @@ class Forward:
 
     def _attention(
         self, index: int, layer: LayerWeights, h: mx.array, positions: mx.array,
-        spans: Sequence[Span],
+        spans: Sequence[Span], streams: Streams,
     ) -> mx.array:  # fmt: skip
         cfg = self.cfg
         t, hd = h.shape[0], cfg.head_dim
-        q, k, v = _project(layer.qkv, h, (self.q_dim, self.kv_dim, self.kv_dim))
+        q, k, v = _project(layer.qkv, h, (self.q_dim, self.kv_dim, self.kv_dim), streams)
         q = q.reshape(t, cfg.num_attention_heads, hd)
         k = k.reshape(t, cfg.num_key_value_heads, hd)
         v = v.reshape(t, cfg.num_key_value_heads, hd)
@@ -121,7 +127,7 @@ class Forward:
             keys, values = span.kv.write(index, span.start, ks, vs)
             outs.append(self._sdpa(qs, keys, values, span))
         out = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=2)
-        return layer.o(out[0].transpose(1, 0, 2).reshape(t, self.q_dim))
+        return layer.o(out[0].transpose(1, 0, 2).reshape(t, self.q_dim), streams)
 
     def _sdpa(self, q: mx.array, keys: mx.array, values: mx.array, span: Span) -> mx.array:
         window = self.cfg.sliding_window

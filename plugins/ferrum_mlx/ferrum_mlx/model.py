@@ -9,6 +9,7 @@ check that can fail runs before anything is written.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +41,7 @@ class MlxDecoderLLM:
     def __init__(
         self, config: ModelConfig, weights: ModelWeights, *, dtype: DataType, device: str,
         mx_device: mx.Device, max_batch_size: int, supported_dtypes: tuple[DataType, ...],
+        shards: int = 1,
     ) -> None:  # fmt: skip
         self.model_config = config
         self.weights = weights
@@ -47,6 +49,8 @@ class MlxDecoderLLM:
         self._kv_dtype = MX_DTYPES[dtype]
         periods = 1.0 / np.asarray(rope_inv_freq(config), dtype=np.float32)
         self._forward = Forward(config, weights, mx.array(periods))
+        self._shards = shards
+        self._local = threading.local()
         self._caches: dict[str, SequenceKv] = {}
         self._runtime = LlmRuntimeConfig(
             hidden_size=config.hidden_size,
@@ -132,6 +136,16 @@ class MlxDecoderLLM:
         return allocated, used
 
     # -- one forward per call ---------------------------------------------------------
+    def _streams(self) -> tuple[mx.Stream, ...]:
+        """This thread's streams, one per weight shard (MLX streams belong to the thread
+        that made them); none with one shard (it runs on the calling stream)."""
+        streams: tuple[mx.Stream, ...] | None = getattr(self._local, "streams", None)
+        if streams is None:
+            streams = tuple(mx.new_stream(self._device) for _ in range(self._shards)
+                            ) if self._shards > 1 else ()
+            self._local.streams = streams
+        return streams
+
     def _plan(
         self, batch: Sequence[tuple[str, Sequence[int], int, _Want]]
     ) -> list[tuple[str, SequenceKv, int, int]]:
@@ -183,10 +197,11 @@ class MlxDecoderLLM:
         ids = np.fromiter((int(t) for _, tokens, _, _ in batch for t in tokens), np.int32)
         positions = np.concatenate([np.arange(s, s + n, dtype=np.int32) for _, _, s, n in plan])
         with mx.stream(self._device):
-            hidden = self._forward.hidden(mx.array(ids), mx.array(positions), spans)
+            streams = self._streams()
+            hidden = self._forward.hidden(mx.array(ids), mx.array(positions), spans, streams)
             if rows != list(range(offset)):
                 hidden = hidden[mx.array(np.asarray(rows, np.int32))]
-            logits = self._forward.logits(hidden) if rows else None
+            logits = self._forward.logits(hidden, streams) if rows else None
             mx.eval(*([logits] if logits is not None else []),
                     *(a for _, kv, _, _ in plan for a in kv.arrays()))
         table = np.asarray(logits) if logits is not None else None

@@ -17,7 +17,7 @@ import mlx.core as mx
 import numpy as np
 
 from ferrum_core.plugin import DataType, ModelConfig, WeightSource
-from ferrum_mlx.layers import Embedding, Linear, fuse
+from ferrum_mlx.layers import Embedding, Linear, Sharded, fuse, shard
 from ferrum_mlx.quant import AffineWeight, from_gguf, from_mlx_folder, quantize_float
 
 __all__ = ["MX_DTYPES", "LayerWeights", "ModelWeights", "load_weights"]
@@ -33,10 +33,10 @@ _BITS = {DataType.INT8: 8, DataType.INT4: 4}
 class LayerWeights:
     input_norm: mx.array
     post_norm: mx.array
-    qkv: tuple[Linear, ...]  # (q, k, v), or one Linear with them stacked when stored alike
-    o: Linear
-    gate_up: tuple[Linear, ...]  # (gate, up), or one stacked Linear
-    down: Linear
+    qkv: tuple[Sharded, ...]  # (q, k, v), or one matrix with them stacked when stored alike
+    o: Sharded
+    gate_up: tuple[Sharded, ...]  # (gate, up), or one stacked matrix
+    down: Sharded
     q_norm: mx.array | None = None  # Qwen3: per-head RMSNorm weights [head_dim]
     k_norm: mx.array | None = None
 
@@ -46,7 +46,7 @@ class ModelWeights:
     embed: Embedding
     layers: tuple[LayerWeights, ...]
     final_norm: mx.array
-    lm_head: Linear
+    lm_head: Sharded
     num_parameters: int
     nbytes: int
     sources: dict[str, int]  # how many matrices came from each storage ("Q4_1", "F32"...)
@@ -106,10 +106,16 @@ class _Loader:
 
 
 def load_weights(
-    config: ModelConfig, source: WeightSource, dtype: DataType, *, group_size: int = 64
+    config: ModelConfig, source: WeightSource, dtype: DataType, *, group_size: int = 64,
+    shards: int = 1,
 ) -> ModelWeights:
-    """Read every tensor of ``config`` from ``source`` into MLX arrays for ``dtype``."""
+    """Read every tensor of ``config`` from ``source`` into MLX arrays for ``dtype``,
+    each matrix as ``shards`` column shards (see :mod:`ferrum_mlx.layers`)."""
     read = _Loader(source, dtype, group_size)
+
+    def cut(*parts: Linear) -> tuple[Sharded, ...]:
+        return tuple(shard(p, shards) for p in parts)
+
     layers = []
     for i in range(config.num_hidden_layers):
         p = f"model.layers.{i}"
@@ -122,15 +128,17 @@ def load_weights(
         layers.append(LayerWeights(
             input_norm=read.vector(f"{p}.input_layernorm.weight"),
             post_norm=read.vector(f"{p}.post_attention_layernorm.weight"),
-            qkv=_fused(q, k, v), o=read.linear(f"{attn}.o_proj", config.o_bias),
-            gate_up=_fused(gate, up), down=read.linear(f"{mlp}.down_proj", config.mlp_bias),
+            qkv=cut(*_fused(q, k, v)), o=cut(read.linear(f"{attn}.o_proj", config.o_bias))[0],
+            gate_up=cut(*_fused(gate, up)),
+            down=cut(read.linear(f"{mlp}.down_proj", config.mlp_bias))[0],
             q_norm=read.vector(f"{attn}.q_norm.weight") if config.qk_norm else None,
             k_norm=read.vector(f"{attn}.k_norm.weight") if config.qk_norm else None,
         ))  # fmt: skip
-        mx.eval(_arrays(layers[-1]))  # the stacked copies replace their parts now
-    embed = Embedding(*read.matrix("model.embed_tokens.weight", table=True))
+        mx.eval(_arrays(layers[-1]))  # the stacked / sharded copies replace their parts now
+    embed = Embedding(cut(Linear(*read.matrix("model.embed_tokens.weight", table=True)))[0])
     tied = config.tie_word_embeddings or not source.has("lm_head.weight")
-    lm_head = embed.as_linear() if tied else read.linear("lm_head", False, table=True)
+    lm_head = embed.as_linear() if tied else cut(read.linear("lm_head", False, table=True))[0]
+    mx.eval(embed.table.arrays(), lm_head.arrays())
     final_norm = read.vector("model.norm.weight")
     return ModelWeights(embed, tuple(layers), final_norm, lm_head, read.parameters,
                         read.nbytes, read.sources)
@@ -139,11 +147,8 @@ def load_weights(
 def _arrays(layer: LayerWeights) -> list[mx.array]:
     out = [a for a in (layer.input_norm, layer.post_norm, layer.q_norm, layer.k_norm)
            if a is not None]
-    for linear in (*layer.qkv, layer.o, *layer.gate_up, layer.down):
-        parts = [linear.dense, linear.bias]
-        if linear.quant is not None:
-            parts += [linear.quant.weight, linear.quant.scales, linear.quant.biases]
-        out.extend(a for a in parts if a is not None)
+    for matrix in (*layer.qkv, layer.o, *layer.gate_up, layer.down):
+        out.extend(matrix.arrays())
     return out
 
 
