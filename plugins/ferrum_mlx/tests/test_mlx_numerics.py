@@ -119,3 +119,31 @@ def test_kv_grows_in_steps_not_per_token(tiny: Tiny) -> None:
     assert (kv.capacity, kv.bytes_allocated()) == (KV_STEP, before)
     llm.prefill("a", [1] * (KV_STEP - kv.length + 1), kv.length)  # crosses one step
     assert kv.capacity == 2 * KV_STEP and kv.length == KV_STEP + 1
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_column_shards_on_streams_match_transformers(tiny: Tiny, threads: int) -> None:
+    """``threads`` column shards per matrix (uneven with 3, the tied table split over the
+    vocabulary for both the lookup and the output) compute the same logits."""
+    path, want = tiny("llama_tied")
+    llm = build(path, threads=threads)
+    layer = llm.weights.layers[0]
+    assert len(layer.down.parts) == threads
+    assert len(llm.weights.lm_head.parts) == threads
+    assert llm.weights.embed.table is llm.weights.lm_head
+    assert relative(run_sequence(llm, "a"), want) < FP32_TOLERANCE
+
+
+def test_quantised_rows_dequantised_equal_quantized_matmul(tiny: Tiny) -> None:
+    """From DEQUANTIZE_ROWS rows on a quantised matrix is dequantised and multiplied
+    densely: the same numbers as ``quantized_matmul`` on fewer rows."""
+    from ferrum_mlx.layers import DEQUANTIZE_ROWS
+
+    path, _ = tiny("qwen3")
+    llm = build(path, "int4", group_size=32, threads=2)
+    prompt = (PROMPT * 4)[:DEQUANTIZE_ROWS + 2]
+    whole = llm.forward_verify("a", prompt, 0)  # every row of the prompt in one call
+    assert whole.shape[0] >= DEQUANTIZE_ROWS
+    for pos, token in enumerate(prompt):  # one row per call: quantized_matmul
+        row = llm.decode("b", token, pos)
+        assert relative(row, whole[pos]) < 1e-4
