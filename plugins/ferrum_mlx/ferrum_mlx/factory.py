@@ -11,7 +11,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ferrum_core.errors import BackendUnavailableError, InvalidInputError, UnsupportedError
-from ferrum_core.plugin import ExecutorConfig, ExecutorType
+from ferrum_core.plugin import DataType, ExecutorConfig, ExecutorType
 from ferrum_mlx.plugin import MODEL_TYPES, SUPPORTED_DTYPES, default_device
 
 if TYPE_CHECKING:
@@ -25,8 +25,24 @@ __all__ = ["MlxExecutorFactory"]
 GROUP_SIZES = (32, 64, 128)
 DEFAULT_GROUP_SIZE = 64
 _DEVICES = ("cpu", "metal")
+KV_CACHE_DTYPES = {"fp32": DataType.FP32, "bf16": DataType.BF16, "fp16": DataType.FP16}
 MAX_THREADS = 4
 """Default cap on CPU streams (measured: 2 streams on a 2-core machine, ~1.9x per matmul)."""
+
+
+def kv_cache_dtype(config: ExecutorConfig) -> DataType | None:
+    """The executor option ``kv_cache_dtype``; ``None`` (``auto``, the default): the
+    compute dtype."""
+    value = config.executor_options.get("kv_cache_dtype", "auto")
+    name = value.lower() if isinstance(value, str) else None
+    if name == "auto":
+        return None
+    if name in KV_CACHE_DTYPES:
+        return KV_CACHE_DTYPES[name]
+    raise InvalidInputError(
+        f"executor option 'kv_cache_dtype' must be one of auto, {', '.join(KV_CACHE_DTYPES)}, "
+        f"got {value!r}"
+    )
 
 
 class MlxExecutorFactory:
@@ -35,7 +51,9 @@ class MlxExecutorFactory:
     width; stored quantisations keep their own), ``threads`` (on the CPU device: how
     many CPU streams, hence cores, share every matmul, each matrix stored as that many
     column shards; default the machine's cores, at most MAX_THREADS; Metal uses one
-    stream)."""
+    stream), ``kv_cache_dtype`` (``auto``: the compute dtype, fp32 for int4/int8;
+    ``fp32``, ``bf16`` or ``fp16``: the KV slabs' dtype, read back into the compute
+    dtype for attention)."""
 
     def supported_types(self) -> list[ExecutorType]:
         return [ExecutorType.SEQUENTIAL, ExecutorType.BATCH, ExecutorType.CONTINUOUS_BATCH,
@@ -65,6 +83,7 @@ class MlxExecutorFactory:
             raise InvalidInputError(
                 f"executor option 'group_size' must be one of {GROUP_SIZES}, got {group!r}"
             )
+        kv_cache_dtype(config)
         threads = options.get("threads")
         if threads is not None and (type(threads) is not int or threads < 1):
             raise InvalidInputError(f"executor option 'threads' must be an int >= 1, got "
@@ -116,7 +135,7 @@ class MlxExecutorFactory:
         llm = MlxDecoderLLM(
             cfg, weights, dtype=config.dtype, device=device,
             mx_device=mx_device, max_batch_size=config.max_batch_size,
-            supported_dtypes=SUPPORTED_DTYPES, shards=threads,
+            supported_dtypes=SUPPORTED_DTYPES, shards=threads, kv_dtype=kv_cache_dtype(config),
         )  # fmt: skip
         return llm, loaded
 

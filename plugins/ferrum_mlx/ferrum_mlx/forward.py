@@ -125,6 +125,8 @@ class Forward:
             ks = k if whole else k[:, :, rows, :]
             vs = v if whole else v[:, :, rows, :]
             keys, values = span.kv.write(index, span.start, ks, vs)
+            if keys.dtype != qs.dtype:  # a KV slab in another dtype (kv_cache_dtype)
+                keys, values = keys.astype(qs.dtype), values.astype(qs.dtype)
             outs.append(self._sdpa(qs, keys, values, span))
         out = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=2)
         return layer.o(out[0].transpose(1, 0, 2).reshape(t, self.q_dim), streams)

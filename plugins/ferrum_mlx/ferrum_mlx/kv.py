@@ -45,8 +45,8 @@ class SequenceKv:
     ) -> tuple[mx.array, mx.array]:
         """Store ``[1, kv_heads, n, head_dim]`` at ``start``; return positions ``0..start+n``."""
         end = start + int(keys.shape[2])
-        self.keys[layer][:, :, start:end, :] = keys
-        self.values[layer][:, :, start:end, :] = values
+        self.keys[layer][:, :, start:end, :] = keys.astype(self.dtype)
+        self.values[layer][:, :, start:end, :] = values.astype(self.dtype)
         return self.keys[layer][:, :, :end, :], self.values[layer][:, :, :end, :]
 
     def arrays(self) -> list[mx.array]:

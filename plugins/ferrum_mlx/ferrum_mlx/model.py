@@ -41,12 +41,12 @@ class MlxDecoderLLM:
     def __init__(
         self, config: ModelConfig, weights: ModelWeights, *, dtype: DataType, device: str,
         mx_device: mx.Device, max_batch_size: int, supported_dtypes: tuple[DataType, ...],
-        shards: int = 1,
+        shards: int = 1, kv_dtype: DataType | None = None,
     ) -> None:  # fmt: skip
         self.model_config = config
         self.weights = weights
         self._device = mx_device
-        self._kv_dtype = MX_DTYPES[dtype]
+        self._kv_dtype = MX_DTYPES[kv_dtype or dtype]
         periods = 1.0 / np.asarray(rope_inv_freq(config), dtype=np.float32)
         self._forward = Forward(config, weights, mx.array(periods))
         self._shards = shards
@@ -68,7 +68,7 @@ class MlxDecoderLLM:
             sliding_window=config.sliding_window,
             supported_dtypes=supported_dtypes,
             attention_mechanisms=(),  # the executor derives MHA / GQA / MQA from the shapes
-            extra=describe(weights),
+            extra={**describe(weights), "kv_cache_dtype": str(self._kv_dtype)},
         )
 
     # -- DecoderOnlyLLM ---------------------------------------------------------------

@@ -147,3 +147,31 @@ def test_quantised_rows_dequantised_equal_quantized_matmul(tiny: Tiny) -> None:
     for pos, token in enumerate(prompt):  # one row per call: quantized_matmul
         row = llm.decode("b", token, pos)
         assert relative(row, whole[pos]) < 1e-4
+
+
+@pytest.mark.parametrize(("kv", "tolerance"), [("fp32", FP32_TOLERANCE), ("bf16", 3e-2),
+                                               ("fp16", 1e-2)])
+def test_kv_cache_dtype_is_the_slab_dtype(tiny: Tiny, kv: str, tolerance: float) -> None:
+    """``kv_cache_dtype`` stores the slabs in that dtype (fp32 compute, same logits within
+    the dtype's tolerance; half the bytes in bf16 / fp16)."""
+    path, want = tiny("qwen2")
+    llm = build(path, kv_cache_dtype=kv)
+    error = relative(run_sequence(llm, "a"), want)
+    assert error < tolerance, f"{kv}: {error:.3g}"
+    assert llm.config.extra["kv_cache_dtype"] == {"fp32": "mlx.core.float32",
+                                                   "bf16": "mlx.core.bfloat16",
+                                                   "fp16": "mlx.core.float16"}[kv]
+    auto = build(path)
+    run_sequence(auto, "a")
+    ratio = 1 if kv == "fp32" else 2
+    allocated = auto.cache_metrics_snapshot()["kv_bytes_allocated"]  # type: ignore[index]
+    assert llm.cache_metrics_snapshot()["kv_bytes_allocated"] * ratio == allocated  # type: ignore[index]
+
+
+@pytest.mark.parametrize("value", ["int8", "fp64", 16])
+def test_kv_cache_dtype_rejects_others(tiny: Tiny, value: object) -> None:
+    from ferrum_core.errors import InvalidInputError
+
+    path, _ = tiny("qwen2")
+    with pytest.raises(InvalidInputError, match="kv_cache_dtype"):
+        build(path, kv_cache_dtype=value)
