@@ -27,7 +27,7 @@ from ferrum_core.plugin import (
     rope_inv_freq,
 )
 from ferrum_mlx.forward import Forward, Span
-from ferrum_mlx.kv import SequenceKv
+from ferrum_mlx.kv import KvPool, SequenceKv
 from ferrum_mlx.weights import MX_DTYPES, ModelWeights, describe
 
 __all__ = ["MlxDecoderLLM"]
@@ -52,6 +52,9 @@ class MlxDecoderLLM:
         self._shards = shards
         self._local = threading.local()
         self._caches: dict[str, SequenceKv] = {}
+        self._pool = KvPool(config.num_hidden_layers, config.num_key_value_heads,
+                            config.head_dim, self._kv_dtype)
+        self._lock = threading.Lock()  # one call at a time: every call writes the one pool
         self._runtime = LlmRuntimeConfig(
             hidden_size=config.hidden_size,
             num_layers=config.num_hidden_layers,
@@ -104,12 +107,16 @@ class MlxDecoderLLM:
         return out
 
     def truncate_kv(self, cache_id: str, new_len: int) -> None:
-        kv = self._caches.get(cache_id)
-        if kv is not None:
-            kv.length = min(kv.length, max(0, new_len))
+        with self._lock:
+            kv = self._caches.get(cache_id)
+            if kv is not None:
+                kv.length = min(kv.length, max(0, new_len))
 
     def release(self, cache_id: str) -> None:
-        self._caches.pop(cache_id, None)
+        with self._lock:
+            kv = self._caches.pop(cache_id, None)
+            if kv is not None:
+                self._pool.release(kv.slot)
 
     def kv_capacity(self) -> int:
         return self.model_config.max_model_len
@@ -123,7 +130,9 @@ class MlxDecoderLLM:
     def cache_metrics_snapshot(self) -> dict[str, Any] | None:
         return {
             "kv_sequences": len(self._caches),
-            "kv_bytes_allocated": sum(kv.bytes_allocated() for kv in self._caches.values()),
+            "kv_bytes_allocated": self._pool.nbytes(),
+            "kv_slots": self._pool.slots,
+            "kv_capacity_positions": self._pool.capacity,
         }
 
     def lora_metrics_snapshot(self) -> dict[str, Any] | None:
@@ -131,7 +140,7 @@ class MlxDecoderLLM:
 
     def memory_usage_bytes(self) -> tuple[int, int]:
         weights = self.weights.nbytes
-        allocated = weights + sum(kv.bytes_allocated() for kv in self._caches.values())
+        allocated = weights + self._pool.nbytes()
         used = weights + sum(kv.bytes_used() for kv in self._caches.values())
         return allocated, used
 
@@ -159,8 +168,7 @@ class MlxDecoderLLM:
             seen.add(cache_id)
             kv = self._caches.get(cache_id)
             if kv is None:
-                kv = SequenceKv(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim,
-                                self._kv_dtype)
+                kv = SequenceKv(self._pool, -1)  # its slot is taken once every check passed
             if start != kv.length:
                 raise InvalidInputError(
                     f"{cache_id!r} holds {kv.length} positions, asked to write at {start}"
@@ -182,10 +190,25 @@ class MlxDecoderLLM:
     def _run(
         self, batch: Sequence[tuple[str, Sequence[int], int, _Want]]
     ) -> list[np.ndarray | None]:
-        plan = self._plan(batch)
+        with self._lock:
+            plan = self._plan(batch)
+            fresh = [kv for _, kv, _, _ in plan if kv.slot < 0]
+            for kv in fresh:
+                kv.slot = self._pool.acquire()
+            try:
+                return self._forward_plan(batch, plan)
+            except BaseException:
+                for kv in fresh:  # nothing was committed: the new sequences do not exist
+                    self._pool.release(kv.slot)
+                    kv.slot = -1
+                raise
+
+    def _forward_plan(
+        self, batch: Sequence[tuple[str, Sequence[int], int, _Want]],
+        plan: list[tuple[str, SequenceKv, int, int]],
+    ) -> list[np.ndarray | None]:  # fmt: skip
         limit = self.model_config.max_model_len
-        for _, kv, start, n in plan:
-            kv.reserve(start + n, limit)
+        self._pool.reserve(max(start + n for _, _, start, n in plan), limit)
         spans, rows, offset = [], [], 0
         for (_, kv, start, n), (_, _, _, want) in zip(plan, batch, strict=True):
             spans.append(Span(kv, start, n, offset))
@@ -203,7 +226,7 @@ class MlxDecoderLLM:
                 hidden = hidden[mx.array(np.asarray(rows, np.int32))]
             logits = self._forward.logits(hidden, streams) if rows else None
             mx.eval(*([logits] if logits is not None else []),
-                    *(a for _, kv, _, _ in plan for a in kv.arrays()))
+                    *self._pool.arrays())
         table = np.asarray(logits) if logits is not None else None
         for cache_id, kv, start, n in plan:
             kv.length = start + n

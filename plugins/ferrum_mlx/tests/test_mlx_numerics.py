@@ -101,7 +101,8 @@ def test_truncate_then_rewrite_and_release(tiny: Tiny) -> None:
     assert relative(llm.forward_verify("a", PROMPT[4:], 4), want[4:len(PROMPT)]) < FP32_TOLERANCE
     llm.release("a")
     llm.release("never-seen")
-    assert llm.cache_metrics_snapshot() == {"kv_sequences": 0, "kv_bytes_allocated": 0}
+    assert llm.cache_metrics_snapshot() == {"kv_sequences": 0, "kv_bytes_allocated": 0,
+                                            "kv_slots": 0, "kv_capacity_positions": 0}
 
 
 def test_kv_grows_in_steps_not_per_token(tiny: Tiny) -> None:
@@ -175,3 +176,29 @@ def test_kv_cache_dtype_rejects_others(tiny: Tiny, value: object) -> None:
     path, _ = tiny("qwen2")
     with pytest.raises(InvalidInputError, match="kv_cache_dtype"):
         build(path, kv_cache_dtype=value)
+
+
+def test_batched_decode_in_any_slot_order(tiny: Tiny) -> None:
+    """A decode step of several sequences is one masked attention over their pool slots:
+    right whether their slots are consecutive or not and in whatever order the batch
+    names them (a sliding window shorter than the prompt makes positions matter)."""
+    path, want = tiny("mistral")
+    llm = build(path)
+    llm.prefill("x", PROMPT, 0)  # slot 0
+    llm.prefill("gone", PROMPT[:2], 0)  # slot 1
+    llm.prefill("y", PROMPT[:5], 0)  # slot 2
+    llm.release("gone")
+    rows = llm.decode_batch([DecodeItem("y", PROMPT[5], 5),  # slots 2, 0: reversed, a gap
+                             DecodeItem("x", DECODE[0], len(PROMPT))], False)
+    assert relative(rows[0], want[5]) < FP32_TOLERANCE
+    assert relative(rows[1], want[len(PROMPT)]) < FP32_TOLERANCE
+    llm.prefill("z", PROMPT[:3], 0)  # takes the freed slot 1
+    assert llm._caches["z"].slot == 1
+    rows = llm.decode_batch([DecodeItem("y", PROMPT[6], 6), DecodeItem("z", PROMPT[3], 3),
+                             DecodeItem("x", DECODE[1], len(PROMPT) + 1)], False)
+    for row, position in zip(rows, (6, 3, len(PROMPT) + 1), strict=True):
+        assert relative(row, want[position]) < FP32_TOLERANCE
+    rows = llm.decode_batch([DecodeItem("x", DECODE[2], len(PROMPT) + 2),  # slots 0, 1, 2
+                             DecodeItem("z", PROMPT[4], 4), DecodeItem("y", PROMPT[7], 7)], False)
+    for row, position in zip(rows, (len(PROMPT) + 2, 4, 7), strict=True):
+        assert relative(row, want[position]) < FP32_TOLERANCE
