@@ -15,8 +15,10 @@ Output ``logits`` float ``[R, vocab]``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -38,7 +40,14 @@ from ferrum_cpu.weights import ModelWeights
 
 __all__ = ["GRAPH_VERSION", "MODEL_TYPES", "GraphOptions", "build_graph", "check_supported"]
 
-GRAPH_VERSION = 4  # bump when the graph built from the same weights changes
+GRAPH_VERSION = 5  # bump when the graph built from the same weights changes
+# The builder's own sources are part of the cache key too, so that a change that forgets
+# the bump above still builds anew instead of loading a graph the code no longer makes.
+_BUILDER_MODULES = ("graph", "blocks", "linear", "weights", "quant", "quant_gguf",
+                    "quant_pack", "quant_ort")
+BUILDER_DIGEST = hashlib.sha256(
+    b"".join(Path(__file__).with_name(f"{name}.py").read_bytes() for name in _BUILDER_MODULES)
+).hexdigest()[:16]
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 ACTIVATIONS = ("silu", "swish")
 OPSET = 21
@@ -52,7 +61,8 @@ class GraphOptions:
 
     def key(self) -> dict[str, object]:
         return {"mode": self.mode, "accuracy_level": self.accuracy_level,
-                "block_size": self.block_size, "graph_version": GRAPH_VERSION}
+                "block_size": self.block_size, "graph_version": GRAPH_VERSION,
+                "builder": BUILDER_DIGEST}
 
 
 def check_supported(cfg: ModelConfig) -> None:
