@@ -16,6 +16,8 @@ from ferrum_core import hookspecs
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_PACKAGES = [
     ROOT / "plugins" / "ferrum_cuda" / "ferrum_cuda",
+    ROOT / "plugins" / "ferrum_cpu" / "ferrum_cpu",
+    ROOT / "plugins" / "ferrum_mlx" / "ferrum_mlx",
     ROOT / "examples" / "ferrum-example-backend" / "ferrum_example_backend",
 ]
 ALLOWED = {"ferrum_core.plugin", "ferrum_core.errors"}
