@@ -209,6 +209,7 @@ if TYPE_CHECKING:
     from ferrum_core.cache_trust import (
         file_sha256,
         make_temp_dir,
+        remembered_sha256,
         remove_stale_temps,
         secure_dir,
         trust_problem,
@@ -339,6 +340,7 @@ __all__ = [
     # files a backend caches under ferrum_home()
     "file_sha256",
     "make_temp_dir",
+    "remembered_sha256",
     "remove_stale_temps",
     "secure_dir",
     "trust_problem",
@@ -374,8 +376,8 @@ __all__ = [
 # entry-point module that imports this one keeps `ferrum list-backends` fast.
 _LAZY_BY_MODULE = {
     "ferrum_core.cache_trust": (
-        "file_sha256", "make_temp_dir", "remove_stale_temps", "secure_dir", "trust_problem",
-        "write_private_file",
+        "file_sha256", "make_temp_dir", "remembered_sha256", "remove_stale_temps", "secure_dir",
+        "trust_problem", "write_private_file",
     ),
     "ferrum_core.dtype_choice": ("resolve_dtype", "stored_dtype"),
     "ferrum_core.kv": (

@@ -6,7 +6,7 @@ fails before anything is written), saved into a private temporary directory
 renamed into place. A cached model is loaded only when its directory and files
 are this user's, writable by nobody else, and hash to what was recorded; a
 corrupt or foreign one is rebuilt. File digests are remembered against each
-file's full stat, so an unchanged file is hashed once.
+file's full stat (``remembered_sha256``), so an unchanged file is hashed once.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from ferrum_core.plugin import (
     ferrum_home,
     file_sha256,
     make_temp_dir,
+    remembered_sha256,
     remove_stale_temps,
     secure_dir,
     trust_problem,
@@ -38,29 +39,6 @@ RECORD_FILE = "record.json"
 CACHE_VERSION = 1
 
 
-def _stat_key(path: Path) -> list[int]:
-    st = os.stat(path)
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-
-
-def content_sha256(path: Path, memo_dir: Path) -> str:
-    """``path``'s sha256, remembered in ``memo_dir`` against its full stat."""
-    path = path.resolve()
-    memo = memo_dir / (hashlib.sha256(str(path).encode()).hexdigest()[:32] + ".json")
-    before = _stat_key(path)
-    if trust_problem(memo) is None:
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            record = json.loads(memo.read_bytes())
-            if record["path"] == str(path) and record["stat"] == before:
-                return str(record["sha256"])
-    digest = file_sha256(path)
-    if _stat_key(path) == before and secure_dir(memo_dir) is None:
-        with contextlib.suppress(OSError):
-            write_private_file(memo, json.dumps(
-                {"path": str(path), "stat": before, "sha256": digest}).encode())
-    return digest
-
-
 def cache_root() -> Path:
     return ferrum_home() / "onnx"
 
@@ -72,7 +50,7 @@ def cache_key(weight_files: list[Path], raw_config: dict[str, Any],
     digest = hashlib.sha256()
     payload = {
         "version": CACHE_VERSION,
-        "weights": sorted(content_sha256(f, memo) for f in weight_files),
+        "weights": sorted(remembered_sha256(f, memo) for f in weight_files),
         "config": raw_config,
         "options": options,
     }
@@ -101,7 +79,7 @@ class CachedModel:
             return f"{self.record} is not a build record"
         memo = cache_root() / "hashes"
         for path in (self.model, self.data):
-            if content_sha256(path, memo) != wanted.get(path.name):
+            if remembered_sha256(path, memo) != wanted.get(path.name):
                 return f"{path} is not the model that was built (sha256 differs)"
         return None
 
