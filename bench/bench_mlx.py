@@ -63,7 +63,8 @@ TARGET = 1.2
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2,
-                        help="ferrum's threads option (MLX's CPU device sizes its own pool)")
+                        help="ferrum's threads option: CPU streams (cores) per matmul on MLX's CPU "
+                             "device; mlx-lm runs on one stream")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--prefill-tokens", type=int, default=512)
