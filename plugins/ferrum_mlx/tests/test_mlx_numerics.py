@@ -202,3 +202,44 @@ def test_batched_decode_in_any_slot_order(tiny: Tiny) -> None:
                              DecodeItem("z", PROMPT[4], 4), DecodeItem("y", PROMPT[7], 7)], False)
     for row, position in zip(rows, (len(PROMPT) + 2, 4, 7), strict=True):
         assert relative(row, want[position]) < FP32_TOLERANCE
+
+
+def test_a_step_of_several_sequences_is_one_graph_evaluation(
+    tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``decode_batch`` of several sequences and a ragged ``unified_forward`` each build one
+    lazy graph and evaluate it with exactly one ``mx.eval`` (no ``async_eval``); the
+    decode step attends with one ``scaled_dot_product_attention`` call per layer."""
+    import mlx.core as mx
+
+    path, want = tiny("mistral")
+    llm = build(path, threads=2)
+    llm.prefill("a", PROMPT, 0)
+    llm.prefill("b", PROMPT[:3], 0)
+    llm.prefill("c", PROMPT[:6], 0)
+    calls: list[str] = []
+    real_eval, real_async, real_sdpa = mx.eval, mx.async_eval, mx.fast.scaled_dot_product_attention
+
+    def counted(name: str, fn: Callable[..., object]) -> Callable[..., object]:
+        def wrapper(*args: object, **kwargs: object) -> object:
+            calls.append(name)
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(mx, "eval", counted("eval", real_eval))
+    monkeypatch.setattr(mx, "async_eval", counted("async_eval", real_async))
+    monkeypatch.setattr(mx.fast, "scaled_dot_product_attention", counted("sdpa", real_sdpa))
+    rows = llm.decode_batch([DecodeItem("c", PROMPT[6], 6), DecodeItem("a", DECODE[0], 10),
+                             DecodeItem("b", PROMPT[3], 3)], False)
+    layers = llm.model_config.num_hidden_layers
+    assert calls.count("eval") == 1 and "async_eval" not in calls, calls
+    assert calls.count("sdpa") == layers  # one masked call per layer for all three
+    for row, position in zip(rows, (6, len(PROMPT), 3), strict=True):
+        assert relative(row, want[position]) < FP32_TOLERANCE
+    calls.clear()
+    out = llm.unified_forward([UnifiedItem("d", PROMPT[:4], 0, False),
+                               UnifiedItem("b", PROMPT[4:7], 4, True),
+                               UnifiedItem("a", [DECODE[1]], len(PROMPT) + 1, True)])
+    assert calls.count("eval") == 1 and "async_eval" not in calls, calls
+    assert out[0] is None and out[1] is not None and out[2] is not None
+    assert relative(out[2], want[len(PROMPT) + 1]) < FP32_TOLERANCE
