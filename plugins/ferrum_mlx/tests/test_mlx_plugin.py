@@ -36,8 +36,23 @@ def test_metal_where_the_platform_has_it(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(plugin.platform, "machine", lambda: "arm64")
     assert plugin.default_device() == "metal"
     assert "Metal GPU" in plugin.probe().reason
+    assert _registered() == (80, ("metal",))
     monkeypatch.setattr(plugin.platform, "machine", lambda: "x86_64")  # an Intel Mac
     assert plugin.default_device() == "cpu"
+    assert _registered() == (15, ("cpu",))
+
+
+def _registered() -> tuple[int, tuple[str, ...]]:
+    """The priority and devices ``ferrum_register_backends`` registers ``mlx`` with now."""
+    seen: dict[str, object] = {}
+
+    def register(name: str, **kwargs: object) -> None:
+        seen.update(kwargs, name=name)
+
+    plugin.ferrum_register_backends(register)
+    caps = seen["capabilities"]
+    assert seen["name"] == "mlx" and isinstance(caps, plugin.ExecutorCapabilities)
+    return seen["priority"], caps.supported_devices  # type: ignore[return-value]
 
 
 def test_discovery_and_probe_do_not_import_mlx() -> None:
