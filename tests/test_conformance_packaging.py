@@ -70,6 +70,11 @@ def test_nothing_imports_a_top_level_conformance_package() -> None:
     assert offenders == []
 
 
+def _python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=cwd)
+
+
 def test_suite_imports_from_anywhere_and_no_top_level_package_exists(tmp_path: Path) -> None:
     code = (
         "import importlib.util, ferrum_core.conformance as c, ferrum_core.conformance.plugin\n"
@@ -77,8 +82,7 @@ def test_suite_imports_from_anywhere_and_no_top_level_package_exists(tmp_path: P
         "assert any(c.GOLDEN_DIR.iterdir())\n"
         "assert importlib.util.find_spec('conformance') is None\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path)
+    proc = _python(code, tmp_path)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -90,8 +94,7 @@ def test_ferrum_conformance_without_pytest_names_the_extra(tmp_path: Path) -> No
         "sys.argv = ['ferrum', 'conformance', 'example']\n"
         "main()\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path)
+    proc = _python(code, tmp_path)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
