@@ -16,12 +16,16 @@ from ferrum_core.types import DataType
 
 if TYPE_CHECKING:
     from ferrum_core.models.loader import LoadedModel
+    from ferrum_core.protocol.config import ExecutorConfig
 
-__all__ = ["AUTO", "DtypeChoice", "PRECISION_ORDER", "dtype_of_stored_type", "resolve_dtype",
-           "stored_dtype", "stored_elements"]
+__all__ = ["AUTO", "DtypeChoice", "KV_CACHE_DTYPES", "PRECISION_ORDER", "dtype_of_stored_type",
+           "kv_cache_dtype", "resolve_dtype", "stored_dtype", "stored_elements"]
 
 AUTO = "auto"
 DtypeChoice = DataType | Literal["auto"]
+
+KV_CACHE_DTYPES = {"fp32": DataType.FP32, "bf16": DataType.BF16, "fp16": DataType.FP16}
+"""The values of executor option ``kv_cache_dtype`` besides ``auto`` (the compute dtype)."""
 
 PRECISION_ORDER = (DataType.FP32, DataType.BF16, DataType.FP16, DataType.INT8, DataType.INT4)
 """Best precision first: what ``auto`` falls back on when the stored dtype cannot run."""
@@ -90,3 +94,20 @@ def stored_elements(loaded: LoadedModel) -> dict[str, int]:
         except (OSError, ValueError):
             pass  # an unreadable record: count from the GGUF below
     return loaded.weights.stored_types(elements=True)
+
+
+def kv_cache_dtype(config: ExecutorConfig) -> DataType | None:
+    """Executor option ``kv_cache_dtype``: ``None`` for ``auto`` (the default: the compute
+    dtype), else the KV cache's dtype; any other value is an InvalidInputError."""
+    from ferrum_core.errors import InvalidInputError
+
+    value = config.executor_options.get("kv_cache_dtype", AUTO)
+    name = value.lower() if isinstance(value, str) else None
+    if name == AUTO:
+        return None
+    if name in KV_CACHE_DTYPES:
+        return KV_CACHE_DTYPES[name]
+    raise InvalidInputError(
+        f"executor option 'kv_cache_dtype' must be one of auto, {', '.join(KV_CACHE_DTYPES)}, "
+        f"got {value!r}"
+    )

@@ -215,7 +215,12 @@ if TYPE_CHECKING:
         trust_problem,
         write_private_file,
     )
-    from ferrum_core.dtype_choice import resolve_dtype, stored_dtype
+    from ferrum_core.dtype_choice import (
+        KV_CACHE_DTYPES,
+        kv_cache_dtype,
+        resolve_dtype,
+        stored_dtype,
+    )
     from ferrum_core.kv import (
         AppendPlan,
         AppendRequest,
@@ -290,6 +295,8 @@ __all__ = [
     "parse_device",
     "resolve_dtype",
     "stored_dtype",
+    "kv_cache_dtype",
+    "KV_CACHE_DTYPES",
     # the executor protocol
     "BatchModelExecutor",
     "DecodeInput",
@@ -379,7 +386,9 @@ _LAZY_BY_MODULE = {
         "file_sha256", "make_temp_dir", "remembered_sha256", "remove_stale_temps", "secure_dir",
         "trust_problem", "write_private_file",
     ),
-    "ferrum_core.dtype_choice": ("resolve_dtype", "stored_dtype"),
+    "ferrum_core.dtype_choice": (
+        "KV_CACHE_DTYPES", "kv_cache_dtype", "resolve_dtype", "stored_dtype",
+    ),
     "ferrum_core.kv": (
         "AppendPlan", "AppendRequest", "AppendResult", "BlockAllocator", "KvBlockManager",
         "KvPoolState", "PrefixCache",

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from ferrum_core.dtype_choice import AUTO
+from ferrum_core.dtype_choice import KV_CACHE_DTYPES as EXECUTOR_KV_CACHE_DTYPES
 from ferrum_core.errors import FerrumError
 
 if TYPE_CHECKING:
@@ -24,7 +26,7 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 DTYPES = ("auto", "fp32", "fp16", "bf16", "int8", "int4")
-KV_CACHE_DTYPES = ("auto", "fp32", "bf16", "fp16")
+KV_CACHE_DTYPES = (AUTO, *EXECUTOR_KV_CACHE_DTYPES)
 TP_HELP = ("Split the model over N ranks (tensor parallelism; executor option "
            "tensor_parallel_size, for backends that have it: torch, cuda).")
 KV_CACHE_DTYPE_HELP = ("Store the KV cache in this dtype (auto: the compute dtype); executor "

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ferrum_core.errors import BackendUnavailableError, InvalidInputError
 from ferrum_core.plugin import DataType, ExecutorConfig, ExecutorType
+from ferrum_core.plugin import kv_cache_dtype as requested_kv_cache_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -42,21 +43,9 @@ def default_num_blocks(
     return max(1, min(wanted, budget_bytes // per_block))
 
 
-KV_CACHE_DTYPES = {"fp32": DataType.FP32, "bf16": DataType.BF16, "fp16": DataType.FP16}
-
-
 def kv_cache_dtype(config: ExecutorConfig) -> DataType:
     """The executor option ``kv_cache_dtype``: ``auto`` (default) is the compute dtype."""
-    value = config.executor_options.get("kv_cache_dtype", "auto")
-    name = value.lower() if isinstance(value, str) else None
-    if name == "auto":
-        return config.dtype
-    if name in KV_CACHE_DTYPES:
-        return KV_CACHE_DTYPES[name]
-    raise InvalidInputError(
-        f"executor option 'kv_cache_dtype' must be one of auto, {', '.join(KV_CACHE_DTYPES)}, "
-        f"got {value!r}"
-    )
+    return requested_kv_cache_dtype(config) or config.dtype
 
 
 def _available_ram() -> int:

@@ -11,7 +11,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ferrum_core.errors import BackendUnavailableError, InvalidInputError, UnsupportedError
-from ferrum_core.plugin import DataType, ExecutorConfig, ExecutorType
+from ferrum_core.plugin import ExecutorConfig, ExecutorType, kv_cache_dtype
 from ferrum_mlx.plugin import MODEL_TYPES, SUPPORTED_DTYPES, default_device
 
 if TYPE_CHECKING:
@@ -25,24 +25,8 @@ __all__ = ["MlxExecutorFactory"]
 GROUP_SIZES = (32, 64, 128)
 DEFAULT_GROUP_SIZE = 64
 _DEVICES = ("cpu", "metal")
-KV_CACHE_DTYPES = {"fp32": DataType.FP32, "bf16": DataType.BF16, "fp16": DataType.FP16}
 MAX_THREADS = 4
 """Default cap on CPU streams (measured: 2 streams on a 2-core machine, ~1.9x per matmul)."""
-
-
-def kv_cache_dtype(config: ExecutorConfig) -> DataType | None:
-    """The executor option ``kv_cache_dtype``; ``None`` (``auto``, the default): the
-    compute dtype."""
-    value = config.executor_options.get("kv_cache_dtype", "auto")
-    name = value.lower() if isinstance(value, str) else None
-    if name == "auto":
-        return None
-    if name in KV_CACHE_DTYPES:
-        return KV_CACHE_DTYPES[name]
-    raise InvalidInputError(
-        f"executor option 'kv_cache_dtype' must be one of auto, {', '.join(KV_CACHE_DTYPES)}, "
-        f"got {value!r}"
-    )
 
 
 class MlxExecutorFactory:
