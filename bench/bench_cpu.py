@@ -15,6 +15,10 @@ default 2) and greedy decoding with EOS ignored:
   (``run_benchmark``) for ``cpu`` int4 and ``torch`` fp32 next to
   ``transformers``' batched ``generate`` in fp32 (bench_vs_transformers.py's peer).
 
+The engines do not all compute the same model (ONNX Runtime GenAI's int4
+re-quantises the GGUF): ``bench/quality_cpu.py`` measures what each one
+computes (KL and top-1 agreement vs fp32) on the same text.
+
 Each engine is loaded once and warmed up; then ``--repeat`` rounds run every
 engine in turn (interleaved), and the table shows medians. A ratio is the median
 of the per-round ratios. A peer that is not installed is reported as such and the
