@@ -60,9 +60,13 @@ class GraphOptions:
     block_size: int = 32
 
     def key(self) -> dict[str, object]:
-        return {"mode": self.mode, "accuracy_level": self.accuracy_level,
-                "block_size": self.block_size, "graph_version": GRAPH_VERSION,
-                "builder": BUILDER_DIGEST}
+        """What the built graph depends on: ``accuracy_level`` and ``block_size``
+        only shape quantised linears, so an fp32 graph is one cache entry."""
+        key: dict[str, object] = {"mode": self.mode, "graph_version": GRAPH_VERSION,
+                                  "builder": BUILDER_DIGEST}
+        if self.mode != "fp32":
+            key.update(accuracy_level=self.accuracy_level, block_size=self.block_size)
+        return key
 
 
 def check_supported(cfg: ModelConfig) -> None:

@@ -31,3 +31,13 @@ def test_every_builder_module_is_hashed_into_the_key() -> None:
     ).hexdigest()[:16]
     key = graph.GraphOptions().key()
     assert key["builder"] == digest and key["graph_version"] == graph.GRAPH_VERSION
+
+
+def test_fp32_key_ignores_the_quantisation_options() -> None:
+    """An fp32 graph does not depend on accuracy_level or block_size, so asking for
+    them does not build (and store) a second copy; a quantised graph does."""
+    fp32 = graph.GraphOptions(mode="fp32").key()
+    assert graph.GraphOptions(mode="fp32", accuracy_level=4, block_size=64).key() == fp32
+    int4 = graph.GraphOptions(mode="int4").key()
+    assert graph.GraphOptions(mode="int4", accuracy_level=4).key() != int4
+    assert graph.GraphOptions(mode="int4", block_size=64).key() != int4
