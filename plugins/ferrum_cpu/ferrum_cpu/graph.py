@@ -40,11 +40,11 @@ from ferrum_cpu.weights import ModelWeights
 
 __all__ = ["GRAPH_VERSION", "MODEL_TYPES", "GraphOptions", "build_graph", "check_supported"]
 
-GRAPH_VERSION = 5  # bump when the graph built from the same weights changes
+GRAPH_VERSION = 6  # bump when the graph built from the same weights changes
 # The builder's own sources are part of the cache key too, so that a change that forgets
 # the bump above still builds anew instead of loading a graph the code no longer makes.
 _BUILDER_MODULES = ("graph", "blocks", "linear", "weights", "quant", "quant_gguf",
-                    "quant_pack", "quant_ort")
+                    "quant_mins", "quant_pack", "quant_ort")
 BUILDER_DIGEST = hashlib.sha256(
     b"".join(Path(__file__).with_name(f"{name}.py").read_bytes() for name in _BUILDER_MODULES)
 ).hexdigest()[:16]

@@ -10,10 +10,11 @@ both return the :class:`Nodes` to add to a graph, every name prefixed by
 * ``int4``/``int8`` from a GGUF block type: the tensor keeps its own codes and
   scales (:mod:`.quant_gguf`), one ``MatMulNBits`` with uint8 zero points, or
   none when they all equal the operator's default (the forms ONNX Runtime
-  prepacks); Q4_1/Q4_K/Q5_1/Q5_K add their exact minimums as
-  ``block sums of x @ mins.T``: the same ``MatMulNBits`` also writes the block
-  sums of ``x`` (one extra row per block), a ``Split`` takes them off and a
-  small fp32 ``MatMul`` + ``Add`` applies the minimums.
+  prepacks); Q4_1/Q4_K/Q5_1/Q5_K add their minimums as
+  ``block sums of x @ mins.T`` (:mod:`.quant_mins`): the same ``MatMulNBits``
+  also writes the block sums of ``x`` (one extra row per block), a ``Split``
+  takes them off and a small ``MatMul`` + ``Add`` applies the minimums, exact
+  in fp32 except at accuracy_level 4 with 4-bit codes (8-bit minimums).
 * ``int4``/``int8`` from float weights (ndarray, F32/F16/BF16 tensors):
   quantised by ONNX Runtime's quantiser (:mod:`.quant_ort`), asymmetric.
 * 8-bit codes at ``accuracy_level`` < 4 run as two exact 4-bit
@@ -39,6 +40,7 @@ from ferrum_core.errors import UnsupportedError
 from ferrum_core.plugin import StoredTensor, to_float32
 
 from .quant_gguf import GgufWeight, gguf_weight
+from .quant_mins import centred, int8_minimums, min_term, with_block_sum_rows
 from .quant_ort import ort_quantize
 from .quant_pack import (
     MS_DOMAIN,
@@ -97,40 +99,6 @@ def _check(mode: str, weight: StoredTensor | np.ndarray, what: str) -> tuple[int
     return int(shape[0]), int(shape[1])
 
 
-def _centred(weight: NBitsWeight, mins: np.ndarray) -> tuple[NBitsWeight, np.ndarray]:
-    """Zero points 0 (a type with free minimums) moved to the operator's default
-    ``z = 2 ** (bits - 1)``: ``s q + m = s (q - z) + (m + z s)``, so no zero-point
-    input is read and, with int8 activations, the codes the kernel multiplies are
-    centred. ``z s`` is exact in float32; ``m + z s`` is one float32 rounding."""
-    if np.any(weight.zero_points != 0):
-        return weight, mins
-    z = 1 << (weight.bits - 1)
-    moved = NBitsWeight(weight.codes, weight.scales, np.full_like(weight.zero_points, z),
-                        weight.bits, weight.k)  # fmt: skip
-    return moved, (mins + np.float32(z) * weight.scales).astype(np.float32)
-
-
-def _with_block_sum_rows(weight: NBitsWeight) -> NBitsWeight:
-    """``weight`` plus one row per block of K whose product with ``x`` is that
-    block's sum of ``x`` (code ``z + 1`` in its block, ``z`` elsewhere, scale 1):
-    the sums the minimums term needs come out of the same ``MatMulNBits``, from
-    the activations exactly as the weights see them (fp32 at accuracy_level 1,
-    int8 at 4, so the two terms stay consistent)."""
-    blocks, size = weight.codes.shape[1], weight.block_size
-    z = weight.zero_points.reshape(-1)[0] if weight.zero_points.size else 0
-    if np.any(weight.zero_points != z):
-        raise ValueError("block-sum rows need one zero point for the whole weight")
-    codes = np.full((blocks, blocks, size), z, dtype=np.uint8)
-    codes[np.arange(blocks), np.arange(blocks)] = z + 1
-    return NBitsWeight(
-        np.concatenate([weight.codes, codes]),
-        np.concatenate([weight.scales, np.ones((blocks, blocks), np.float32)]),
-        np.concatenate([weight.zero_points, np.full((blocks, blocks), z, np.uint8)]),
-        weight.bits,
-        weight.k,
-    )
-
-
 def _nbits_parts(weight: NBitsWeight, accuracy_level: int) -> list[NBitsWeight]:
     if weight.bits == 8 and accuracy_level < _INT8_ACTIVATIONS:
         return list(split_nibbles(weight))
@@ -149,8 +117,7 @@ def _emit(
     """``x @ W.T (+ bias)``; with ``mins`` (``(N, blocks)``) plus ``sums(x) @ mins.T``.
 
     With minimums the ``MatMulNBits`` gets one extra output column per block (its
-    block sums, :func:`_with_block_sum_rows`); a ``Split`` separates them, a small
-    fp32 ``MatMul`` applies the minimums and an ``Add`` joins the two terms."""
+    block sums) and :func:`.quant_mins.min_term` adds the minimums term."""
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     n = weight.n
@@ -158,8 +125,8 @@ def _emit(
     if mins is not None:
         if mins.shape != (n, weight.codes.shape[1]):
             raise ValueError(f"minimums {mins.shape} do not match the blocks of {prefix}")
-        weight, mins = _centred(weight, mins)
-        weight = _with_block_sum_rows(weight)
+        weight, mins = centred(weight, mins)
+        weight = with_block_sum_rows(weight)
         blocks = mins.shape[1]
     bias_name: str | None = None
     if bias is not None:
@@ -190,18 +157,10 @@ def _emit(
         nodes.append(helper.make_node("Add", terms, [product], name=f"{prefix}.parts"))
     if mins is None:
         return Nodes(nodes, inits)
-    sizes = numpy_helper.from_array(np.array([n, blocks], np.int64), f"{prefix}.split_sizes")
-    mins_t = float_initializer(f"{prefix}.mins", np.ascontiguousarray(mins.T))
-    inits += [sizes, mins_t]
-    main, sums, term = f"{prefix}.main", f"{prefix}.block_sums", f"{prefix}.min_term"
-    split = helper.make_node("Split", [product, sizes.name], [main, sums], name=f"{prefix}.split",
-                             axis=-1)  # fmt: skip
-    nodes += [
-        split,
-        helper.make_node("MatMul", [sums, mins_t.name], [term], name=term),
-        helper.make_node("Add", [main, term], [out], name=f"{prefix}.sum"),
-    ]
-    return Nodes(nodes, inits)
+    int8 = int8_minimums(weight.bits, accuracy_level)
+    term_nodes, term_inits = min_term(prefix, product, out, n, mins, int8=int8,
+                                      accuracy_level=accuracy_level)
+    return Nodes(nodes + term_nodes, inits + term_inits)
 
 
 def linear(

@@ -46,12 +46,14 @@ def test_graph_is_matmul_nbits_on_the_prepacked_path(kind: str) -> None:
     """One ``MatMulNBits`` per weight (two 4-bit halves for 8 bits at level 1) with
     uint8 zero points or none (the operator's default): both are prepacked; a
     float zero point would not be. Minimums: the block sums are extra output
-    columns of that same op, split off into one small fp32 MatMul."""
+    columns of that same op, split off into one small term: a fp32 MatMul, or
+    at level 4 for 4-bit codes an 8-bit MatMulNBits (default zero point, prepacked)."""
     k, n = k_for(kind), 24
     stored, _ = gguf_tensor(kind, n, k, seed=3)
     for level in (1, 4):
         nodes = linear("p", "x", "y", stored, bias=None, mode="int4", accuracy_level=level)
-        weight_ops = [node for node in nodes.nodes if node.op_type == "MatMulNBits"]
+        weight_ops = [node for node in nodes.nodes
+                      if node.op_type == "MatMulNBits" and node.name != "p.min_term"]
         split = kind in EIGHT_BIT and level == 1  # 8-bit codes as two exact 4-bit halves
         assert len(weight_ops) == (2 if split else 1)
         blocks = k // 32 if kind in MINIMUMS else 0
@@ -74,8 +76,16 @@ def test_graph_is_matmul_nbits_on_the_prepacked_path(kind: str) -> None:
         if kind in MINIMUMS:
             (cut,) = [node for node in nodes.nodes if node.op_type == "Split"]
             assert list(initializer(nodes, cut.input[1])) == [n, blocks]
-            assert [m.input[0] for m in matmuls] == [cut.output[1]]
-            assert initializer(nodes, matmuls[0].input[1]).shape == (blocks, n)
+            (term,) = [node for node in nodes.nodes if node.name == "p.min_term"]
+            assert term.input[0] == cut.output[1]
+            if level == 1 or kind in EIGHT_BIT:  # 8-bit codes keep fp32 minimums
+                assert matmuls == [term]
+                assert initializer(nodes, term.input[1]).shape == (blocks, n)
+            else:
+                assert not matmuls and term.op_type == "MatMulNBits"
+                attrs = {a.name: a.i for a in term.attribute}
+                assert (attrs["bits"], attrs["K"], attrs["N"]) == (8, blocks, n)
+                assert attrs["accuracy_level"] == 4 and len(term.input) == 3
         else:
             assert not matmuls
         assert nodes.nodes[-1].output[0] == "y"
