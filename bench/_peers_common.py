@@ -16,6 +16,8 @@ drift of a shared machine.
 
 from __future__ import annotations
 
+import argparse
+import os
 import statistics
 import sys
 import time
@@ -36,6 +38,23 @@ class Engine(Protocol):
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def chosen_engines(parser: argparse.ArgumentParser, spec: str, known: Sequence[str]) -> list[str]:
+    """``--engines`` as a list, or a usage error naming the unknown ones."""
+    chosen = [e.strip() for e in spec.split(",") if e.strip()]
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        parser.error(f"unknown engines {unknown}; choose from {', '.join(known)}")
+    return chosen
+
+
+def torch_threads(threads: int) -> None:
+    """Every peer on ``threads`` threads: OpenMP (set before torch loads) and torch."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def bench_cache_dir(override: str | None) -> Path:

@@ -61,10 +61,12 @@ from _peers_common import (
     Slot,
     bench_cache_dir,
     chat_prompt_ids,
+    chosen_engines,
     log,
     ratio_of,
     table,
     target_line,
+    torch_threads,
 )
 
 ENGINES = ("ferrum-cpu-fp32", "ferrum-cpu-int8", "ferrum-cpu-int4", "ferrum-torch-fp32",
@@ -200,18 +202,11 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print every figure as JSON")
     parser.add_argument("--save", default=None, help="also write the JSON to this file")
     args = parser.parse_args()
-    chosen = [e.strip() for e in args.engines.split(",") if e.strip()]
-    unknown = sorted(set(chosen) - set(ENGINES))
-    if unknown:
-        parser.error(f"unknown engines {unknown}; choose from {', '.join(ENGINES)}")
-
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    import torch
-
+    chosen = chosen_engines(parser, args.engines, ENGINES)
+    torch_threads(args.threads)
     from ferrum_core.models import Tokenizer
     from ferrum_core.models.default_model import default_gguf_path, default_model_dir
 
-    torch.set_num_threads(args.threads)
     gguf, model_dir = default_gguf_path(), default_model_dir()
     cache = bench_cache_dir(args.cache_dir)
     vocab = Tokenizer.from_dir(str(model_dir)).vocab_size

@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _peers_common import bench_cache_dir, log
+from _peers_common import bench_cache_dir, chosen_engines, log, torch_threads
 
 TEXT = (
     "The history of the Roman Empire spans many centuries. It began when Augustus became "
@@ -147,17 +146,11 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None, help="default: $FERRUM_HOME/bench")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    chosen = [e.strip() for e in args.engines.split(",") if e.strip()]
-    unknown = sorted(set(chosen) - set(ENGINES))
-    if unknown:
-        parser.error(f"unknown engines {unknown}; choose from {', '.join(ENGINES)}")
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    import torch
-
+    chosen = chosen_engines(parser, args.engines, ENGINES)
+    torch_threads(args.threads)
     from ferrum_core.models import Tokenizer
     from ferrum_core.models.default_model import default_gguf_path, default_model_dir
 
-    torch.set_num_threads(args.threads)
     gguf, model_dir, t = default_gguf_path(), default_model_dir(), args.threads
     cache = bench_cache_dir(args.cache_dir)
     ids = Tokenizer.from_dir(str(model_dir)).encode(TEXT)
