@@ -19,6 +19,7 @@ import numpy as np
 from ferrum_core.errors import ConfigError, ModelLoadError
 from ferrum_core.models.cache import IfExists, write_dir_atomically
 from ferrum_core.models.config import ModelConfig
+from ferrum_core.models.expected import expected_tensors
 from ferrum_core.models.gguf_metadata import (
     generation_config,
     hf_config,
@@ -27,7 +28,6 @@ from ferrum_core.models.gguf_metadata import (
 from ferrum_core.models.gguf_tensors import GgufTensors, hf_tensor_name, unpermute_rows
 from ferrum_core.models.gguf_tokenizer import build_gguf_tokenizer
 from ferrum_core.models.safetensors_io import write_safetensors
-from ferrum_core.models.weights import expected_tensors
 
 __all__ = ["convert_gguf", "hf_tensor_name", "unpermute_rows"]
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from ferrum_core.errors import ModelLoadError
 from ferrum_core.models.config import ModelConfig
+from ferrum_core.models.expected import expected_tensors
 from ferrum_core.models.gguf_tensors import GgufTensors
 from ferrum_core.models.mlx_quant import (
     MlxQuantization,
@@ -23,47 +24,11 @@ from ferrum_core.models.mlx_quant import (
 from ferrum_core.models.quant_blocks import StoredTensor
 from ferrum_core.models.safetensors_io import SafetensorsFile
 
-__all__ = ["INDEX_FILE", "WeightSource", "expected_tensors"]
+__all__ = ["INDEX_FILE", "WeightSource"]
 
 INDEX_FILE = "model.safetensors.index.json"
 _PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 _FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
-
-
-def expected_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a checkpoint of ``config`` must hold, with its shape (HF names)."""
-    hidden, inter, head_dim = config.hidden_size, config.intermediate_size, config.head_dim
-    q_rows = config.num_attention_heads * head_dim
-    kv_rows = config.num_key_value_heads * head_dim
-    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (config.vocab_size, hidden)}
-    for i in range(config.num_hidden_layers):
-        attn, mlp = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
-        out[f"model.layers.{i}.input_layernorm.weight"] = (hidden,)
-        out[f"{attn}.q_proj.weight"] = (q_rows, hidden)
-        out[f"{attn}.k_proj.weight"] = (kv_rows, hidden)
-        out[f"{attn}.v_proj.weight"] = (kv_rows, hidden)
-        out[f"{attn}.o_proj.weight"] = (hidden, q_rows)
-        if config.qkv_bias:
-            out[f"{attn}.q_proj.bias"] = (q_rows,)
-            out[f"{attn}.k_proj.bias"] = (kv_rows,)
-            out[f"{attn}.v_proj.bias"] = (kv_rows,)
-        if config.o_bias:
-            out[f"{attn}.o_proj.bias"] = (hidden,)
-        if config.qk_norm:
-            out[f"{attn}.q_norm.weight"] = (head_dim,)
-            out[f"{attn}.k_norm.weight"] = (head_dim,)
-        out[f"model.layers.{i}.post_attention_layernorm.weight"] = (hidden,)
-        out[f"{mlp}.gate_proj.weight"] = (inter, hidden)
-        out[f"{mlp}.up_proj.weight"] = (inter, hidden)
-        out[f"{mlp}.down_proj.weight"] = (hidden, inter)
-        if config.mlp_bias:
-            out[f"{mlp}.gate_proj.bias"] = (inter,)
-            out[f"{mlp}.up_proj.bias"] = (inter,)
-            out[f"{mlp}.down_proj.bias"] = (hidden,)
-    out["model.norm.weight"] = (hidden,)
-    if not config.tie_word_embeddings:
-        out["lm_head.weight"] = (config.vocab_size, hidden)
-    return out
 
 
 def _pickle_error(directory: Path) -> ModelLoadError | None:
