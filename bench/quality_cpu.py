@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 from _peers_common import bench_cache_dir, chosen_engines, log, torch_threads
+from ferrum_core.conformance.harness import logits_rows
 
 TEXT = (
     "The history of the Roman Empire spans many centuries. It began when Augustus became "
@@ -70,7 +71,7 @@ def ferrum(backend: str, dtype: str, level: int | None, threads: int) -> Logits:
         handle = executor.new_cache()
         try:
             outs = executor.forward_verify([DecodeInput(token_ids([t]), handle) for t in ids])
-            return np.concatenate([_rows(out.logits) for out in outs])
+            return np.concatenate([logits_rows(out.logits) for out in outs])
         finally:
             executor.release_cache(handle.cache_id)
     return run
@@ -114,15 +115,9 @@ def ort_genai(model_dir: Path, precision: str, cache: Path) -> Logits:
         rows = []
         for token in ids:  # one position per call: the output holds the last one's logits
             generator.append_tokens([token])
-            rows.append(_rows(np.asarray(generator.get_output("logits")))[-1])
+            rows.append(logits_rows(np.asarray(generator.get_output("logits")))[-1])
         return np.stack(rows)
     return run
-
-
-def _rows(value: Any) -> np.ndarray:
-    array = value.to_numpy() if hasattr(value, "to_numpy") else np.asarray(value)
-    array = np.asarray(array, dtype=np.float32)
-    return array.reshape(-1, array.shape[-1])
 
 
 def compare(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:

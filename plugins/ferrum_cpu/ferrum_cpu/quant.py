@@ -43,6 +43,7 @@ from .quant_gguf import GgufWeight, gguf_weight
 from .quant_mins import centred, int8_minimums, min_term, with_block_sum_rows
 from .quant_ort import ort_quantize
 from .quant_pack import (
+    INT8_ACTIVATIONS,
     MS_DOMAIN,
     NBitsWeight,
     float_initializer,
@@ -55,7 +56,6 @@ __all__ = ["Mode", "Nodes", "embedding", "linear", "weight_float32"]
 
 Mode = Literal["fp32", "int8", "int4"]
 _MODES = ("fp32", "int8", "int4")
-_INT8_ACTIVATIONS = 4  # accuracy_level at which MLAS runs int8 x int8 kernels
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +100,7 @@ def _check(mode: str, weight: StoredTensor | np.ndarray, what: str) -> tuple[int
 
 
 def _nbits_parts(weight: NBitsWeight, accuracy_level: int) -> list[NBitsWeight]:
-    if weight.bits == 8 and accuracy_level < _INT8_ACTIVATIONS:
+    if weight.bits == 8 and accuracy_level < INT8_ACTIVATIONS:
         return list(split_nibbles(weight))
     return [weight]
 

@@ -27,12 +27,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .quant_pack import NBitsWeight, float_initializer, matmul_nbits
+from .quant_pack import INT8_ACTIVATIONS, NBitsWeight, float_initializer, matmul_nbits
 
-__all__ = ["INT8_MINS_LEVEL", "centred", "int8_minimums", "int8_rows", "min_term",
-           "with_block_sum_rows"]
+__all__ = ["centred", "int8_minimums", "int8_rows", "min_term", "with_block_sum_rows"]
 
-INT8_MINS_LEVEL = 4  # accuracy_level from which the minimums term runs in 8 bits
 MINS_BLOCK = 32  # MLAS's int8-activation kernel is slower with blocks of 16 here
 
 
@@ -93,7 +91,7 @@ def int8_minimums(bits: int, accuracy_level: int) -> bool:
     """Whether the minimums term of a ``bits``-bit weight runs in 8 bits: at
     int8 activations and for 4-bit codes, whose centred minimums ``m + 8 s``
     stay small (8-bit codes carry ``m + 128 s``)."""
-    return accuracy_level >= INT8_MINS_LEVEL and bits == 4
+    return accuracy_level >= INT8_ACTIVATIONS and bits == 4
 
 
 def min_term(prefix: str, product: str, out: str, n: int, mins: np.ndarray, *,

@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 __all__ = ["NBitsWeight", "default_zero_point", "matmul_nbits", "pack_rows", "split_nibbles"]
 
 MS_DOMAIN = "com.microsoft"
+INT8_ACTIVATIONS = 4  # accuracy_level at which MLAS runs int8 x int8 kernels
 
 
 @dataclass(frozen=True, slots=True)
