@@ -109,7 +109,8 @@ def test_abort_and_abandon_free_every_completion(llm: Any) -> None:
     assert not engine.has_request(first.request_id)
     assert engine.load().kv_blocks_free == start
 
-    request_id = engine.add_request([5, 6, 7, 8, 9], SamplingParams(n=3, max_tokens=40))
+    request_id = engine.add_request([5, 6, 7, 8, 9],  # no EOS: all three run when aborted
+                                    SamplingParams(n=3, max_tokens=40, ignore_eos=True))
     engine.step()
     engine.abort_request(request_id)
     deltas = engine.step()

@@ -128,8 +128,11 @@ def test_streams_closed_early_and_aborted_from_other_threads(shared_llm: Any) ->
         return len(first.token_ids)
 
     def aborted() -> str | None:
+        # Longer than the other jobs can drive on their own (15 steps): a thread that
+        # is starved until they finish still aborts before its request ends.
         reason = None
-        for delta in shared_llm.stream(PROMPTS[3], _params(3)):
+        long = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+        for delta in shared_llm.stream(PROMPTS[3], long):
             shared_llm.abort_request(delta.request_id)
             reason = delta.finish_reason
         return reason
